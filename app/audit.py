@@ -1,0 +1,29 @@
+"""The audit trail: one row per sensitive operation, readable with psql."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from app.db import queries
+
+
+async def record(
+    conn: asyncpg.Connection,
+    *,
+    actor: str,
+    action: str,
+    subject: str | None = None,
+    request_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Write one audit row inside the caller's transaction. Never pass a secret or raw IP."""
+    await queries.insert_audit(
+        conn,
+        actor=actor,
+        action=action,
+        subject=subject,
+        request_id=request_id,
+        details=details or {},
+    )

@@ -1,0 +1,41 @@
+"""GET /health: liveness plus database reachability, for load balancers and HEALTHCHECK."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from app import __version__
+from app.db import UNAVAILABLE_ERRORS, ping
+from app.http.render import json_response
+
+bp = Blueprint("health")
+
+HEALTH_DB_TIMEOUT_S = 2.0
+
+
+@bp.get("/health")
+async def health(request: Request) -> HTTPResponse:
+    """200 when the database answers within two seconds, 503 otherwise."""
+    try:
+        latency = await asyncio.wait_for(
+            ping(request.app.ctx.pool, timeout=HEALTH_DB_TIMEOUT_S), HEALTH_DB_TIMEOUT_S
+        )
+        database: dict[str, object] = {"reachable": True, "latencyMs": round(latency, 2)}
+    except UNAVAILABLE_ERRORS:
+        database = {"reachable": False, "latencyMs": None}
+    body = {
+        "status": "ok" if database["reachable"] else "degraded",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "database": database,
+        "version": __version__,
+    }
+    headers = (
+        {}
+        if database["reachable"]
+        else {"retry-after": str(request.app.ctx.settings.retry_after_s)}
+    )
+    return json_response(body, status=200 if database["reachable"] else 503, headers=headers)

@@ -1,0 +1,189 @@
+"""The `ingest` command: run, serve, worker, migrate, and the operator sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import logging.config
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from app import __version__, local
+from app.errors import IngestError
+from app.logs import logging_config
+from app.migrate import migrate_url
+from app.settings import Settings
+
+logger = logging.getLogger("ingest.cli")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise SystemExit(f"ingest: invalid configuration: {problems}") from exc
+
+
+@contextlib.contextmanager
+def local_database() -> Iterator[Settings]:
+    """Settings for local mode: embedded PostgreSQL and generated secrets when not configured."""
+    settings = _settings()
+    if settings.database_url:
+        yield settings
+        return
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"DATABASE_URL is not set: starting embedded PostgreSQL in {data_dir / 'pg'}")
+    server, url = local.start_embedded_postgres(data_dir)
+    os.environ["DATABASE_URL"] = url
+    generated = local.load_or_create_secrets(data_dir)
+    os.environ.update(generated)
+    _print_local_banner(url, generated)
+    try:
+        yield _settings()
+    finally:
+        local.stop_embedded_postgres(server, data_dir)
+        print("embedded PostgreSQL stopped")
+
+
+def _print_local_banner(url: str, generated: dict[str, str]) -> None:
+    print(f"  DATABASE_URL={url}")
+    for name, value in generated.items():
+        print(f"  {name}={value}")
+    if generated:
+        print("  (local-mode secrets, generated once and kept in the data folder)")
+
+
+def _serve(settings: Settings, *, run_worker: bool, workers: int) -> None:
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from app.server import create_app
+
+    loader = AppLoader(factory=functools.partial(create_app, run_worker=run_worker))
+    app = loader.load()
+    app.prepare(
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        motd=False,
+        access_log=False,
+    )
+    Sanic.serve(primary=app, app_loader=loader)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with local_database() as settings:
+        print(asyncio.run(migrate_url(settings.database_url or "")).summary())
+        print(f"serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
+        _serve(settings, run_worker=True, workers=args.workers or settings.web_workers)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings()
+    settings.require_production_ready()
+    _serve(settings, run_worker=False, workers=args.workers or settings.web_workers)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if not settings.database_url:
+        raise IngestError("DATABASE_URL is not set: nothing to migrate")
+    print(asyncio.run(migrate_url(settings.database_url)).summary())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if not settings.database_url:
+        raise IngestError("DATABASE_URL is not set: the worker needs a database")
+    asyncio.run(_run_worker(settings, queues=args.queues, concurrency=args.concurrency))
+    return 0
+
+
+async def _run_worker(
+    settings: Settings, *, queues: list[str] | None, concurrency: int | None
+) -> None:
+    import jobs
+    from app.db import create_pool
+    from jobs.resources import Resources
+
+    concurrency = concurrency or settings.worker_concurrency
+    pool = await create_pool(settings.database_url or "", max_size=concurrency + 1)
+    proc_app = jobs.create_app(settings.database_url or "")
+    try:
+        async with proc_app.open_async():
+            options: dict[str, Any] = {"queues": queues} if queues else {}
+            await proc_app.run_worker_async(
+                concurrency=concurrency,
+                additional_context={"resources": Resources(settings=settings, pool=pool)},
+                **options,
+            )
+    finally:
+        await pool.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.commands import add_all
+
+    parser = argparse.ArgumentParser(prog="ingest", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="local mode: migrate, then HTTP plus an in-process worker")
+    run.add_argument("--workers", type=int, help="Sanic worker processes (default WEB_WORKERS)")
+    run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="production HTTP server (requires its secrets)")
+    serve.add_argument("--workers", type=int, help="Sanic worker processes (default WEB_WORKERS)")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="Procrastinate worker only")
+    worker.add_argument(
+        "--queues",
+        type=lambda s: [q for q in s.split(",") if q],
+        default=None,
+        help="comma-separated queues to listen on (default: all)",
+    )
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.set_defaults(func=cmd_worker)
+
+    mig = sub.add_parser("migrate", help="apply pending migrations and Procrastinate's schema")
+    mig.set_defaults(func=cmd_migrate)
+
+    add_all(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.config.dictConfig(
+        logging_config(level if level in logging.getLevelNamesMapping() else "INFO")
+    )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result: Any = args.func(args)
+    except IngestError as exc:
+        print(f"ingest: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

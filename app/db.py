@@ -1,0 +1,83 @@
+"""Connections: the asyncpg pool, its codecs, and the named queries from `sql/`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiosql
+import asyncpg
+import orjson
+
+from app.errors import DatabaseUnavailable
+from app.settings import PROJECT_ROOT
+
+SQL_DIR = PROJECT_ROOT / "sql"
+
+# Named queries, loaded once. Code refers to them by name only (`queries.insert_events`).
+queries: Any = aiosql.from_path(SQL_DIR, "asyncpg")
+
+# Errors that mean "the database cannot be reached right now", as opposed to a bad query.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Decode json and jsonb as Python objects instead of strings."""
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, schema="pg_catalog", encoder=_dumps, decoder=orjson.loads, format="text"
+        )
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 8,
+    command_timeout: float = 30.0,
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
+    """Open the application pool with the project's codecs."""
+    settings = {"application_name": "ingest", **(server_settings or {})}
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min(min_size, max_size),
+        max_size=max_size,
+        command_timeout=command_timeout,
+        init=init_connection,
+        server_settings=settings,
+    )
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool, *, timeout: float) -> AsyncIterator[asyncpg.Connection]:
+    """One connection, one transaction; an unreachable database becomes `DatabaseUnavailable`."""
+    try:
+        async with pool.acquire(timeout=timeout) as conn, conn.transaction():
+            yield conn
+    except UNAVAILABLE_ERRORS as exc:
+        raise DatabaseUnavailable() from exc
+
+
+async def ping(pool: asyncpg.Pool, *, timeout: float) -> float:
+    """Round-trip a trivial query; return its latency in milliseconds."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with pool.acquire(timeout=timeout) as conn:
+        await conn.fetchval("SELECT 1", timeout=timeout)
+    return (loop.time() - started) * 1000

@@ -1,0 +1,115 @@
+"""The service's errors. Each class's docstring is its default message.
+
+The data layer raises these; only `app.http.errors` turns them into HTTP responses, so nothing
+below the handlers imports Sanic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class IngestError(Exception):
+    """Internal error."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: list[Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details or []
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class ConfigurationError(IngestError):
+    """The service is not configured correctly."""
+
+    code = "configuration_error"
+
+
+class BadRequest(IngestError):
+    """The request is malformed."""
+
+    status = 400
+    code = "bad_request"
+
+
+class ValidationFailed(BadRequest):
+    """The request body does not match the documented schema."""
+
+    code = "validation_failed"
+
+
+class Unauthorized(IngestError):
+    """Missing or invalid credentials."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class BrowserForbidden(IngestError):
+    """Browser requests are not accepted: this is a server-to-server API."""
+
+    status = 403
+    code = "browser_forbidden"
+
+
+class NotFound(IngestError):
+    """Not found."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(IngestError):
+    """Method not allowed on this path."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(IngestError):
+    """The request body is too large."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(IngestError):
+    """The request body must be JSON (Content-Type: application/json)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(IngestError):
+    """Too many requests; retry later."""
+
+    status = 429
+    code = "rate_limited"
+
+
+class DatabaseUnavailable(IngestError):
+    """The database is unavailable; retry later."""
+
+    status = 503
+    code = "database_unavailable"
+
+
+class MigrationError(IngestError):
+    """A migration could not be applied."""
+
+    code = "migration_error"
+
+
+class ChecksumMismatch(MigrationError):
+    """An already-applied migration file was changed."""
+
+    code = "migration_checksum_mismatch"

@@ -1,0 +1,70 @@
+"""One place turns every exception into the JSON error model of DESIGN.md."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sanic import Request
+from sanic.exceptions import SanicException
+from sanic.handlers import ErrorHandler
+from sanic.response import HTTPResponse
+
+from app.db import UNAVAILABLE_ERRORS
+from app.errors import BrowserForbidden, DatabaseUnavailable, IngestError
+from app.http.render import json_response
+
+logger = logging.getLogger("ingest.http")
+
+_SANIC_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    416: "range_not_satisfiable",
+    503: "service_unavailable",
+}
+
+
+def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or []}}
+
+
+def _from_sanic(request: Request, exc: SanicException) -> tuple[int, str, str]:
+    status = exc.status_code
+    if status in (404, 405) and request.headers.get("origin") and request.path != "/health":
+        # A browser preflight (OPTIONS) or a stray browser call: refuse it like any browser request.
+        refusal = BrowserForbidden()
+        return refusal.status, refusal.code, refusal.message
+    if status == 413:
+        limit = request.app.config.REQUEST_MAX_SIZE
+        return 413, "payload_too_large", f"the request body exceeds the limit of {limit} bytes"
+    message = str(exc) if status < 500 else "internal error"
+    return status, _SANIC_CODES.get(status, "http_error"), message
+
+
+class JsonErrorHandler(ErrorHandler):
+    """Renders every error as `{"error": {"code", "message", "details"}}`, never a traceback."""
+
+    def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        headers: dict[str, str] = {}
+        details: list[Any] = []
+        if isinstance(exception, UNAVAILABLE_ERRORS) and not isinstance(exception, IngestError):
+            exception = DatabaseUnavailable()
+        if isinstance(exception, IngestError):
+            status, code, message = exception.status, exception.code, exception.message
+            details, headers = exception.details, dict(exception.headers)
+            if isinstance(exception, DatabaseUnavailable):
+                headers.setdefault("retry-after", str(request.app.ctx.settings.retry_after_s))
+        elif isinstance(exception, SanicException):
+            status, code, message = _from_sanic(request, exception)
+        else:
+            status, code, message = 500, "internal_error", "internal error"
+        if status >= 500:
+            logger.error(
+                "request failed",
+                exc_info=exception if status == 500 else None,
+                extra={"request_id": getattr(request.ctx, "request_id", None), "code": code},
+            )
+        return json_response(error_body(code, message, details), status=status, headers=headers)

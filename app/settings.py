@@ -1,0 +1,104 @@
+"""Typed configuration, read once from the environment.
+
+Every variable is documented in the README's configuration table; `ingest config` prints the
+effective values with secrets masked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The secrets a production server refuses to start without, by environment variable name.
+REQUIRED_SECRETS = ("INGEST_APP_TOKEN", "CRON_SECRET", "STRIPE_WEBHOOK_SECRET")
+
+
+def split_secret(value: SecretStr | None) -> tuple[str, ...]:
+    """Split a comma-separated secret into its accepted values, so secrets can be rotated."""
+    if value is None:
+        return ()
+    return tuple(part.strip() for part in value.get_secret_value().split(",") if part.strip())
+
+
+class Settings(BaseSettings):
+    """The service's configuration. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str | None = None
+    rollup_database_url: str | None = None
+    data_dir: Path = Field(default=PROJECT_ROOT / ".data", alias="INGEST_DATA_DIR")
+
+    ingest_app_token: SecretStr | None = None
+    cron_secret: SecretStr | None = None
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    ip_hash_secret: SecretStr | None = None
+    metrics_token: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=1, le=65535)
+    web_workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=8, ge=1)
+    db_acquire_timeout_s: float = Field(default=5.0, gt=0)
+    db_command_timeout_s: float = Field(default=30.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=1)
+
+    rate_limit_events_per_minute: int = Field(default=60, ge=0)
+    rate_limit_crawl_per_minute: int = Field(default=30, ge=0)
+    rate_limit_backend: Literal["memory", "postgres"] = "memory"
+
+    trending_half_life_days: float = Field(default=3.0, gt=0)
+    trending_weights: str = "view=1,copy=3,save=4,fork=6,vote=2"
+    leaderboard_size: int = Field(default=100, ge=1, le=10_000)
+    rollup_work_mem: str = "128MB"
+    rollup_parallelism: int = Field(default=2, ge=1, le=16)
+    event_retention_days: int = Field(default=0, ge=0)
+
+    worker_concurrency: int = Field(default=2, ge=1, le=64)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def app_tokens(self) -> tuple[str, ...]:
+        return split_secret(self.ingest_app_token)
+
+    @property
+    def cron_secrets(self) -> tuple[str, ...]:
+        return split_secret(self.cron_secret)
+
+    @property
+    def stripe_webhook_secrets(self) -> tuple[str, ...]:
+        return split_secret(self.stripe_webhook_secret)
+
+    def missing_secrets(self) -> list[str]:
+        """Names of the required secrets that are unset or empty."""
+        values = {
+            "INGEST_APP_TOKEN": self.app_tokens,
+            "CRON_SECRET": self.cron_secrets,
+            "STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secrets,
+        }
+        return [name for name in REQUIRED_SECRETS if not values[name]]
+
+    def require_production_ready(self) -> None:
+        """Refuse to serve without a database or a required secret, naming what is missing."""
+        from app.errors import ConfigurationError
+
+        missing = self.missing_secrets()
+        if not self.database_url:
+            missing.insert(0, "DATABASE_URL")
+        if missing:
+            raise ConfigurationError(
+                "missing required environment variable(s): " + ", ".join(missing)
+            )

@@ -1,0 +1,43 @@
+"""What tasks need besides their arguments: settings and an asyncpg pool.
+
+`ingest worker` and `ingest run` pass these to the worker as additional context. A worker
+started with `procrastinate worker` gets them built on first use from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import asyncpg
+from procrastinate import JobContext
+
+from app.db import create_pool
+from app.settings import Settings
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pool: asyncpg.Pool
+
+
+_LOCK = asyncio.Lock()
+
+
+async def resources_for(context: JobContext) -> Resources:
+    """The worker's shared resources, created once if the worker was started without them."""
+    found = context.additional_context.get("resources")
+    if isinstance(found, Resources):
+        return found
+    async with _LOCK:
+        holder = context.additional_context.setdefault("_lazy", {})
+        if "resources" not in holder:
+            settings = Settings()
+            if not settings.database_url:
+                raise RuntimeError("DATABASE_URL is not set for this worker")
+            pool = await create_pool(
+                settings.database_url, max_size=settings.worker_concurrency + 1
+            )
+            holder["resources"] = Resources(settings=settings, pool=pool)
+        return holder["resources"]
