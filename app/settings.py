@@ -52,10 +52,12 @@ class Settings(BaseSettings):
     db_command_timeout_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)
 
+    # --- event intake and rate limiting ---
     rate_limit_events_per_minute: int = Field(default=60, ge=0)
     rate_limit_crawl_per_minute: int = Field(default=30, ge=0)
     rate_limit_backend: Literal["memory", "postgres"] = "memory"
 
+    # --- rollups, trending, leaderboards, retention ---
     trending_half_life_days: float = Field(default=3.0, gt=0)
     trending_weights: str = "view=1,copy=3,save=4,fork=6,vote=2"
     leaderboard_size: int = Field(default=100, ge=1, le=10_000)
@@ -63,7 +65,12 @@ class Settings(BaseSettings):
     rollup_parallelism: int = Field(default=2, ge=1, le=16)
     event_retention_days: int = Field(default=0, ge=0)
 
+    # --- jobs ---
     worker_concurrency: int = Field(default=2, ge=1, le=64)
+
+    # --- stripe ---
+
+    # --- crawl and search ---
 
     @field_validator("log_level", mode="before")
     @classmethod
