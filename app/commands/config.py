@@ -1,0 +1,51 @@
+"""`ingest config`: the effective configuration, secrets masked."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from pydantic import SecretStr
+
+from app.http.auth import fingerprint
+from app.settings import Settings, split_secret
+
+
+def _mask_url(url: str) -> str:
+    return re.sub(r"://([^:/@]+):([^@]*)@", r"://\1:****@", url)
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """(ENV_NAME, shown value) for every setting; secrets appear as counts and fingerprints."""
+    rows = []
+    for name, field in type(settings).model_fields.items():
+        env = (field.alias or name).upper()
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            parts = split_secret(value)
+            shown = (
+                f"set ({len(parts)} value(s): " + ", ".join(fingerprint(p) for p in parts) + ")"
+                if parts
+                else "set (empty)"
+            )
+        elif value is None:
+            shown = "unset"
+        elif name.endswith("database_url"):
+            shown = _mask_url(str(value))
+        else:
+            shown = str(value)
+        rows.append((env, shown))
+    return rows
+
+
+def _run(args: argparse.Namespace) -> int:
+    for env, shown in describe(Settings()):
+        print(f"{env:<32} {shown}")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "config", help="print the effective configuration (secrets masked)"
+    )
+    parser.set_defaults(func=_run)
