@@ -9,8 +9,10 @@ import functools
 import logging
 import logging.config
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,6 +73,10 @@ def _serve(settings: Settings, *, run_worker: bool, workers: int) -> None:
 
     from app.server import create_app
 
+    # Each Sanic worker is a process: metrics are shared through prometheus-client's
+    # multiprocess files in a folder made fresh for this server run.
+    metrics_dir = tempfile.mkdtemp(prefix="ingest-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     loader = AppLoader(factory=functools.partial(create_app, run_worker=run_worker))
     app = loader.load()
     app.prepare(
@@ -80,7 +86,10 @@ def _serve(settings: Settings, *, run_worker: bool, workers: int) -> None:
         motd=False,
         access_log=False,
     )
-    Sanic.serve(primary=app, app_loader=loader)
+    try:
+        Sanic.serve(primary=app, app_loader=loader)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

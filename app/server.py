@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
-from sanic import Sanic
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
 
+from app import metrics
 from app.blueprints import all_blueprints
 from app.db import UNAVAILABLE_ERRORS, create_pool
 from app.http import middleware
@@ -43,11 +46,21 @@ def create_app(
     app.ctx.run_worker = run_worker
     app.error_handler = JsonErrorHandler()
     middleware.register(app)
+    app.on_response(_count_request, priority=50)
     for bp in all_blueprints():
         app.blueprint(bp)
     app.before_server_start(_open_resources)
     app.after_server_stop(_close_resources)
     return app
+
+
+def _count_request(request: Request, response: HTTPResponse) -> None:
+    """Request count and latency by route pattern (never the raw path: unbounded labels)."""
+    route = request.route.path if request.route else "unmatched"
+    started = getattr(request.ctx, "started", None)
+    metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    if started is not None:
+        metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
 
 
 async def _open_pool(settings: Settings) -> Any:

@@ -1,0 +1,32 @@
+"""GET /metrics: Prometheus exposition, optionally behind `Authorization: Bearer METRICS_TOKEN`."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from app import metrics
+from app.db import UNAVAILABLE_ERRORS
+from app.errors import Unauthorized
+from app.http.auth import matches_any
+from app.settings import split_secret
+
+bp = Blueprint("metrics")
+
+
+@bp.get("/metrics")
+async def scrape(request: Request) -> HTTPResponse:
+    settings = request.app.ctx.settings
+    accepted = split_secret(settings.metrics_token)
+    if accepted:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or matches_any(token.strip(), accepted) is None:
+            raise Unauthorized("missing or invalid bearer token for /metrics")
+    metrics.observe_pool(request.app.ctx.pool)
+    try:
+        async with request.app.ctx.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
+            families = await metrics.database_gauges(conn)
+    except UNAVAILABLE_ERRORS:
+        families = []  # the process metrics are still worth serving while the database is down
+    body, content_type = metrics.render(families)
+    return HTTPResponse(body, content_type=content_type)
