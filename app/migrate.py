@@ -92,14 +92,15 @@ async def migrate(conn: asyncpg.Connection, *, directory: Path = MIGRATIONS_DIR)
         await queries.create_migrations_table(conn)
         applied = {row["version"]: row async for row in queries.applied_migrations(conn)}
         _check_applied(migrations, applied)
-        for migration in migrations:
-            if migration.version not in applied:
-                await _apply(conn, migration)
-                report.applied.append(migration.name)
+        # Procrastinate's tables first, so that migrations may create views over them.
         if not await queries.procrastinate_schema_present(conn):
             async with conn.transaction():
                 await conn.execute(SchemaManager.get_schema())
             report.procrastinate_schema_applied = True
+        for migration in migrations:
+            if migration.version not in applied:
+                await _apply(conn, migration)
+                report.applied.append(migration.name)
     finally:
         await queries.unlock_migrations(conn)
     return report
