@@ -113,3 +113,30 @@ class ChecksumMismatch(MigrationError):
     """An already-applied migration file was changed."""
 
     code = "migration_checksum_mismatch"
+
+
+class UnknownSource(NotFound):
+    """Unknown crawl source: sources are registered by operators (`ingest sources add`)."""
+
+    code = "unknown_source"
+
+
+class SourceWithoutCurator(IngestError):
+    """The crawl source has no curator to author its rules; an operator must assign one."""
+
+    status = 409
+    code = "source_without_curator"
+
+
+class SourceNameTaken(IngestError):
+    """A crawl source with this name already exists."""
+
+    status = 409
+    code = "source_name_taken"
+
+
+class RebuildNotQueued(IngestError):
+    """The search rebuild could not be queued; retry shortly."""
+
+    status = 503
+    code = "rebuild_not_queued"

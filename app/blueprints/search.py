@@ -1,0 +1,68 @@
+"""Search: POST /cron/rebuild-search queues a full rebuild; GET /internal/search for operators."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from app import audit, search
+from app.db import transaction
+from app.errors import ValidationFailed
+from app.http.render import json_response, validation_details
+from jobs.search import defer_rebuild
+
+bp = Blueprint("search")
+
+
+class SearchParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    q: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=search.MAX_QUERY_CHARS),
+    ]
+    limit: int = Field(default=search.DEFAULT_LIMIT, ge=1, le=search.MAX_LIMIT)
+
+
+def _search_params(request: Request) -> SearchParams:
+    values = {key: request.args.get(key) for key in ("q", "limit") if key in request.args}
+    try:
+        return SearchParams.model_validate(values)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            "query parameter q (1 to 500 characters) is required; limit is 1 to 100",
+            details=validation_details(exc),
+        ) from exc
+
+
+@bp.post("/cron/rebuild-search", ctx_credential="cron")
+async def rebuild_search(request: Request) -> HTTPResponse:
+    """202 with the queued job; while one waits, every call answers with that same job."""
+    settings = request.app.ctx.settings
+    pool = request.app.ctx.pool
+    queued = await defer_rebuild(request.app.ctx.jobs, pool, timeout=settings.db_acquire_timeout_s)
+    async with transaction(pool, timeout=settings.db_acquire_timeout_s) as conn:
+        await audit.record(
+            conn,
+            actor=request.ctx.actor,
+            action="search.rebuild_requested",
+            subject=f"job:{queued.job_id}",
+            request_id=request.ctx.request_id,
+            details={"jobId": queued.job_id, "alreadyQueued": queued.already_queued},
+        )
+    body = {"jobId": queued.job_id, "status": "queued", "alreadyQueued": queued.already_queued}
+    return json_response(body, status=202)
+
+
+@bp.get("/internal/search", ctx_credential="app")
+async def internal_search(request: Request) -> HTTPResponse:
+    """Ranked rules for `q` (web-search syntax), the same ranking the main API gets."""
+    params = _search_params(request)
+    settings = request.app.ctx.settings
+    async with transaction(request.app.ctx.pool, timeout=settings.db_acquire_timeout_s) as conn:
+        hits = await search.search_rules(conn, query=params.q, limit=params.limit)
+    body = {"query": params.q, "count": len(hits), "results": [hit.as_json() for hit in hits]}
+    return json_response(body)
