@@ -33,6 +33,7 @@ saved_rules AS (
     SELECT :curator_id::text, c.title, c.summary, c.url, coalesce(c.tags, '{}'), c.model,
            :source_id::text, c.external_id
     FROM changed c
+    ORDER BY c.external_id  -- one lock order for every batch: overlapping batches cannot deadlock
     ON CONFLICT (source_id, external_id) DO UPDATE
     SET title = EXCLUDED.title,
         summary = EXCLUDED.summary,
@@ -49,6 +50,7 @@ saved_items AS (
            sr.id
     FROM changed c
     JOIN saved_rules sr ON sr.external_id = c.external_id
+    ORDER BY c.external_id
     ON CONFLICT (source_id, external_id) DO UPDATE
     SET url = EXCLUDED.url,
         title = EXCLUDED.title,

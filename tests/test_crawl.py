@@ -327,3 +327,22 @@ async def test_imported_rules_are_searchable(http: httpx.AsyncClient, pool: asyn
     await send(http, source_id, [item("z", title="Alternating row colours", tags=["css"])])
     stale = await http.get("/internal/search", params={"q": "zebra"}, headers=APP_HEADERS)
     assert stale.json()["results"] == []
+
+
+async def test_concurrent_overlapping_batches_all_succeed(
+    http: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    source_id, _ = await add_source(pool)
+    batch = [item(f"{n:03}") for n in range(60)]
+    orders = [batch, batch[::-1], batch[30:] + batch[:30], batch[::-1]]
+    responses = await asyncio.gather(*(send(http, source_id, order) for order in orders))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    assert sum(r.json()["created"] for r in responses) >= 60
+    assert await pool.fetchval("SELECT count(*) FROM rules") == 60
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM crawl_items ci JOIN rules r ON r.id = ci.rule_id "
+            "AND r.external_id = ci.external_id"
+        )
+        == 60
+    )
