@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 
 import asyncpg
 from procrastinate import App, JobContext, RetryStrategy
-from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.exceptions import AlreadyEnqueued, ConnectorException
 
 from app import audit, search
 from app.db import init_connection
-from app.errors import RebuildNotQueued
+from app.errors import DatabaseUnavailable, RebuildNotQueued
 from jobs.resources import resources_for
 
 logger = logging.getLogger("ingest.jobs.search")
@@ -139,6 +139,8 @@ async def defer_rebuild(proc_app: App, pool: asyncpg.Pool, *, timeout: float) ->
                 waiting = await search.queued_rebuild_job(conn)
             if waiting is not None:
                 return QueuedRebuild(job_id=waiting, already_queued=True)
+        except ConnectorException as exc:
+            raise DatabaseUnavailable() from exc
     raise RebuildNotQueued()
 
 
