@@ -70,6 +70,17 @@ def _block(value: Any) -> Any:
     return value.replace("\r\n", "\n").replace("\r", "\n") if isinstance(value, str) else value
 
 
+def _external_id(value: Any) -> Any:
+    """Partners often key items by a database integer: accept it as its decimal string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return _line(value)
+
+
+def _no_tags(value: Any) -> Any:
+    return [] if value is None else value
+
+
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
@@ -94,7 +105,7 @@ def _no_nul(value: Any) -> bool:
 
 
 ExternalId = Annotated[
-    str, BeforeValidator(_line), Field(min_length=1, max_length=MAX_EXTERNAL_ID_CHARS)
+    str, BeforeValidator(_external_id), Field(min_length=1, max_length=MAX_EXTERNAL_ID_CHARS)
 ]
 HttpUrl = Annotated[
     str,
@@ -117,7 +128,12 @@ class CrawlItem(BaseModel):
     url: HttpUrl
     title: Title
     summary: Summary | None = None
-    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS), AfterValidator(_distinct_tags)] = []
+    tags: Annotated[
+        list[Tag],
+        BeforeValidator(_no_tags),
+        Field(max_length=MAX_TAGS),
+        AfterValidator(_distinct_tags),
+    ] = []
     model: ModelName | None = None
     raw: dict[str, Any] | None = None
 

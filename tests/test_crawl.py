@@ -225,6 +225,16 @@ def test_items_at_the_limits_are_accepted() -> None:
     assert checked.rejected[0].index == 1
 
 
+def test_lenient_spellings_of_optional_and_numeric_fields() -> None:
+    checked = validate_items(
+        [{**item("x"), "externalId": 1234, "tags": None, "summary": "", "model": " "}]
+    )
+    ((_, accepted),) = checked.accepted
+    assert accepted.external_id == "1234" and accepted.tags == []
+    assert accepted.canonical()["summary"] is None and accepted.canonical()["model"] is None
+    assert validate_items([{**item("x"), "externalId": True}]).rejected
+
+
 def test_content_hash_ignores_spelling_but_not_content() -> None:
     def hash_of(**fields: Any) -> str:
         return validate_items([item("h", **fields)]).accepted[0][1].content_hash()
