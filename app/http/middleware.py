@@ -1,7 +1,8 @@
 """Request middleware: request id, browser refusal, credentials, body limits, access log.
 
 Routes declare what they need through Sanic route context:
-`ctx_credential="app"` (x-app-token) or `"cron"` (x-cron-secret), and `ctx_body_limit=<bytes>`.
+`ctx_credential="app"` (x-app-token) or `"cron"` (x-cron-secret), `ctx_body_limit=<bytes>`, and
+`ctx_rate_limit="events"|"crawl"` (limit read from `rate_limit_<name>_per_minute`, 0 = off).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import uuid
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-from app.errors import BrowserForbidden, PayloadTooLarge, Unauthorized
+from app import metrics
+from app.client_ip import forwarded_or_peer
+from app.errors import BrowserForbidden, PayloadTooLarge, RateLimited, Unauthorized
+from app.events import ip_hasher
 from app.http.auth import fingerprint, matches_any
+from app.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 
 logger = logging.getLogger("ingest.access")
 
@@ -60,10 +65,49 @@ def enforce_body_limit(request: Request) -> None:
         raise PayloadTooLarge(f"the request body exceeds the {_mib(limit)} limit ({limit} bytes)")
 
 
+def _rate_limiter(app: Sanic) -> RateLimiter:
+    """The app's limiter, built on first use from RATE_LIMIT_BACKEND."""
+    limiter: RateLimiter | None = getattr(app.ctx, "rate_limiter", None)
+    if limiter is None:
+        settings = app.ctx.settings
+        if settings.rate_limit_backend == "postgres":
+            limiter = PostgresRateLimiter(app.ctx.pool, timeout=settings.db_acquire_timeout_s)
+        else:
+            limiter = MemoryRateLimiter()
+        app.ctx.rate_limiter = limiter
+    return limiter
+
+
+async def enforce_rate_limit(request: Request) -> None:
+    """Token bucket per (limit, credential, client IP); the IP enters the key only as a hash."""
+    name = getattr(request.route.ctx, "rate_limit", None) if request.route else None
+    if name is None:
+        return
+    settings = request.app.ctx.settings
+    limit = int(getattr(settings, f"rate_limit_{name}_per_minute", 0) or 0)
+    if limit <= 0:
+        return
+    ip = forwarded_or_peer(request.headers.get("x-forwarded-for"), request.ip)
+    ip_key = (await ip_hasher(request.app.ctx)).hash(ip) if ip else "-"
+    actor = getattr(request.ctx, "actor", None) or "anonymous"
+    decision = await _rate_limiter(request.app).take(f"{name}:{actor}:{ip_key}", limit)
+    request.ctx.rate_limit = decision
+    if not decision.allowed:
+        metrics.RATE_LIMITED.labels(name).inc()
+        raise RateLimited(
+            f"rate limit of {limit} requests per minute exceeded; retry in "
+            f"{decision.retry_after_s} s",
+            headers=decision.headers(),
+        )
+
+
 def finish_response(request: Request, response: HTTPResponse) -> None:
     """Echo the request id and write the one access-log line for this request."""
     request_id = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
     response.headers["x-request-id"] = request_id
+    decision = getattr(request.ctx, "rate_limit", None)
+    if decision is not None:
+        response.headers.update(decision.headers())
     started = getattr(request.ctx, "started", None)
     duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
     logger.info(
@@ -82,5 +126,6 @@ def register(app: Sanic) -> None:
     app.on_request(assign_request_id, priority=100)
     app.on_request(refuse_browsers, priority=90)
     app.on_request(check_credentials, priority=80)
+    app.on_request(enforce_rate_limit, priority=75)
     app.on_request(enforce_body_limit, priority=70)
     app.on_response(finish_response, priority=100)

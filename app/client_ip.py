@@ -1,0 +1,57 @@
+"""The end user's IP address, and the keyed hash that is all the service ever stores of it.
+
+The caller is a server (the site's main API), so the end user's address comes from the event's
+`ip` field, else the first address of `X-Forwarded-For`, else the peer address. Raw addresses
+are never stored or logged: only `IpHasher.hash` output leaves this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+
+# 128 bits of the HMAC-SHA256: collisions are negligible and the column stays short.
+HASH_HEX_CHARS = 32
+
+
+def normalise_ip(value: str) -> str | None:
+    """The canonical text of an IPv4/IPv6 address (so `::FFFF:1.2.3.4` variants agree), or None."""
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def forwarded_or_peer(forwarded_for: str | None, peer: str | None) -> str | None:
+    """The first valid address of X-Forwarded-For, else the peer address."""
+    if forwarded_for:
+        first = normalise_ip(forwarded_for.split(",", 1)[0])
+        if first is not None:
+            return first
+    return normalise_ip(peer) if peer else None
+
+
+class IpHasher:
+    """HMAC-SHA256 of the normalised address under the service's secret, as truncated hex.
+
+    Stable for as long as the secret is (so the 10-minute VIEW window and the per-day view cap
+    of the rollups see one value per address); without the secret it cannot be reversed by
+    enumerating the IPv4 space.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode()
+        self._cache: dict[str, str] = {}
+
+    def hash(self, ip: str) -> str:
+        found = self._cache.get(ip)
+        if found is None:
+            found = hmac.new(self._key, ip.encode(), hashlib.sha256).hexdigest()[:HASH_HEX_CHARS]
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            self._cache[ip] = found
+        return found

@@ -1,0 +1,243 @@
+"""Event intake: the main API's batches of views, copies, saves, forks and votes.
+
+Each event is checked on its own (a bad event is rejected, the others go on): cheap shape
+checks here in Python, then one SQL statement per batch checks rules and users, applies
+idempotency keys and the VIEW window, inserts, and writes the request's audit row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field
+
+from app import metrics
+from app.client_ip import IpHasher, normalise_ip
+from app.db import queries, transaction
+from app.errors import PayloadTooLarge
+
+MAX_EVENTS = 500
+MAX_BODY_BYTES = 1024 * 1024
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+MAX_FUTURE = timedelta(minutes=5)
+MAX_AGE = timedelta(days=30)
+VIEW_WINDOW = timedelta(minutes=10)
+EVENT_TYPES = frozenset({"VIEW", "COPY", "SAVE", "FORK", "VOTE"})
+# Site ids are cuid-style: letters, digits, `_` and `-`, at most 128 characters.
+_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+# A deadlock between two concurrent batches aborts one of them; nothing was written, so the
+# whole statement is simply run again.
+RETRIABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+ATTEMPTS = 3
+
+
+class EventBatch(BaseModel):
+    """The request envelope. Events are validated one by one, not here, so that a bad event
+    rejects only itself."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    events: list[Any] = Field(min_length=1)
+
+
+@dataclass
+class PreparedBatch:
+    """Parallel arrays of the events that passed the Python checks, ready for `unnest`."""
+
+    received: int = 0
+    idx: list[int] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    rule_ids: list[str] = field(default_factory=list)
+    user_ids: list[str | None] = field(default_factory=list)
+    ip_hashes: list[str] = field(default_factory=list)
+    tss: list[datetime] = field(default_factory=list)
+    idempotency_keys: list[str | None] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    duplicates: int = 0
+
+
+@dataclass
+class IngestReport:
+    accepted: int
+    duplicates: int
+    rejected: list[tuple[int, str]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [{"index": i, "reason": r} for i, r in self.rejected],
+        }
+
+
+def check_batch_size(data: Any) -> None:
+    """More than MAX_EVENTS events is a 413 naming the limit (before any per-event work)."""
+    if isinstance(data, dict):
+        events = data.get("events")
+        if isinstance(events, list) and len(events) > MAX_EVENTS:
+            raise PayloadTooLarge(
+                f"at most {MAX_EVENTS} events per request are accepted ({len(events)} sent)"
+            )
+
+
+def _parse_ts(value: Any, now: datetime) -> datetime | str:
+    """The event's instant, or the rejection reason."""
+    if value is None:
+        return now
+    if not isinstance(value, str):
+        return "invalid_ts"
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return "invalid_ts"
+    if ts.tzinfo is None:
+        return "invalid_ts"  # a local time is not an instant
+    if ts > now + MAX_FUTURE:
+        return "ts_in_future"
+    if ts < now - MAX_AGE:
+        return "ts_too_old"
+    return ts
+
+
+def _event_ip_hash(event: dict[str, Any], request_ip_hash: str, hasher: IpHasher) -> str | None:
+    ip = event.get("ip")
+    if ip is None:
+        return request_ip_hash
+    normal = normalise_ip(ip) if isinstance(ip, str) else None
+    return hasher.hash(normal) if normal is not None else None
+
+
+def _reject_reason(event: Any) -> str | None:
+    """The first shape problem of one event, or None."""
+    if not isinstance(event, dict):
+        return "invalid_event"
+    if event.get("type") not in EVENT_TYPES:
+        return "unknown_type"
+    rule_id = event.get("ruleId")
+    if not isinstance(rule_id, str) or not _ID.fullmatch(rule_id):
+        return "invalid_rule_id"
+    user_id = event.get("userId")
+    if user_id is not None and (not isinstance(user_id, str) or not _ID.fullmatch(user_id)):
+        return "invalid_user_id"
+    key = event.get("idempotencyKey")
+    if key is not None and (
+        not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or "\x00" in key
+    ):
+        return "invalid_idempotency_key"
+    return None
+
+
+def prepare_batch(
+    events: list[Any], *, now: datetime, request_ip_hash: str, hasher: IpHasher
+) -> PreparedBatch:
+    """Check each event's shape; the first copy of an idempotency key in the batch wins."""
+    batch = PreparedBatch(received=len(events))
+    seen_keys: set[str] = set()
+    for index, event in enumerate(events):
+        reason = _reject_reason(event)
+        ts = _parse_ts(event.get("ts"), now) if reason is None else reason
+        if isinstance(ts, str):
+            batch.rejected.append((index, ts))
+            continue
+        ip_hash = _event_ip_hash(event, request_ip_hash, hasher)
+        if ip_hash is None:
+            batch.rejected.append((index, "invalid_ip"))
+            continue
+        key = event.get("idempotencyKey")
+        if key is not None:
+            if key in seen_keys:
+                batch.duplicates += 1
+                continue
+            seen_keys.add(key)
+        batch.idx.append(index)
+        batch.types.append(event["type"])
+        batch.rule_ids.append(event["ruleId"])
+        batch.user_ids.append(event.get("userId"))
+        batch.ip_hashes.append(ip_hash)
+        batch.tss.append(ts)
+        batch.idempotency_keys.append(key)
+    return batch
+
+
+async def ingest_batch(
+    conn: asyncpg.Connection, *, batch: PreparedBatch, actor: str, request_id: str | None
+) -> IngestReport:
+    """Store a prepared batch with one statement (plus the audit row it writes itself)."""
+    row = await queries.events_ingest_batch(
+        conn,
+        idx=batch.idx,
+        types=batch.types,
+        rule_ids=batch.rule_ids,
+        user_ids=batch.user_ids,
+        ip_hashes=batch.ip_hashes,
+        tss=batch.tss,
+        idempotency_keys=batch.idempotency_keys,
+        actor=actor,
+        request_id=request_id,
+        received=batch.received,
+        early_rejected=len(batch.rejected),
+        early_duplicates=batch.duplicates,
+    )
+    rejected = list(batch.rejected)
+    rejected += [(i, "unknown_rule") for i in row["unknown_rule"]]
+    rejected += [(i, "unknown_user") for i in row["unknown_user"]]
+    rejected.sort()
+    return IngestReport(row["accepted"], row["duplicates"], rejected)
+
+
+async def store_batch(
+    pool: asyncpg.Pool,
+    *,
+    batch: PreparedBatch,
+    actor: str,
+    request_id: str | None,
+    timeout: float,
+) -> IngestReport:
+    """The unit of work of one request: one transaction, run again if it lost a deadlock."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            async with transaction(pool, timeout=timeout) as conn:
+                report = await ingest_batch(conn, batch=batch, actor=actor, request_id=request_id)
+            break
+        except RETRIABLE:
+            if attempt == ATTEMPTS:
+                raise
+            await asyncio.sleep(0.01 * attempt)
+    _count(report)
+    return report
+
+
+def _count(report: IngestReport) -> None:
+    metrics.EVENTS.labels("accepted").inc(report.accepted)
+    metrics.EVENTS.labels("duplicate").inc(report.duplicates)
+    metrics.EVENTS.labels("rejected").inc(len(report.rejected))
+    for reason, count in Counter(reason for _, reason in report.rejected).items():
+        metrics.EVENTS_REJECTED.labels(reason).inc(count)
+
+
+async def load_ip_hasher(pool: asyncpg.Pool, *, override: str | None, timeout: float) -> IpHasher:
+    """The hasher keyed by IP_HASH_SECRET, else by the secret the service keeps in its database."""
+    if override:
+        return IpHasher(override)
+    async with pool.acquire(timeout=timeout) as conn:
+        return IpHasher(await queries.events_ip_hash_secret(conn))
+
+
+async def ip_hasher(ctx: Any) -> IpHasher:
+    """The app's IP hasher (kept on `app.ctx`), loaded on first use so that start-up does not
+    need the database."""
+    hasher: IpHasher | None = getattr(ctx, "ip_hasher", None)
+    if hasher is None:
+        settings = ctx.settings
+        override = settings.ip_hash_secret.get_secret_value() if settings.ip_hash_secret else None
+        hasher = await load_ip_hasher(
+            ctx.pool, override=override, timeout=settings.db_acquire_timeout_s
+        )
+        ctx.ip_hasher = hasher
+    return hasher

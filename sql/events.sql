@@ -1,0 +1,113 @@
+-- name: events_ip_hash_secret()$
+-- The service-managed key of the client-IP HMAC (created by migration 0002).
+SELECT secret FROM ip_hash_secret WHERE singleton;
+
+-- name: events_ingest_batch(idx, types, rule_ids, user_ids, ip_hashes, tss, idempotency_keys, actor, request_id, received, early_rejected, early_duplicates)^
+-- The whole batch in one statement: rule and user checks, idempotency, VIEW dedupe, insert and
+-- the request's audit row. Arrays are parallel, one element per event that passed the checks
+-- done in Python; `idx` is the event's position in the request.
+-- VIEW dedupe: views of one (ip_hash, rule) pair are collapsed first (ON CONFLICT cannot touch a
+-- row twice in one statement), the counted ones decided against the stored window, and the
+-- window upserted with a guard that re-checks the latest committed row, so concurrent batches
+-- never count two views of a pair less than 10 minutes apart.
+-- Writes are ordered by their keys so that concurrent batches take row locks in one order.
+WITH batch AS (
+    SELECT b.idx, b.type, b.rule_id COLLATE "C" AS rule_id, b.user_id COLLATE "C" AS user_id,
+           b.ip_hash COLLATE "C" AS ip_hash, b.ts, b.idempotency_key COLLATE "C" AS idempotency_key
+    FROM unnest(:idx::int[], :types::text[], :rule_ids::text[], :user_ids::text[],
+                :ip_hashes::text[], :tss::timestamptz[], :idempotency_keys::text[])
+         AS b(idx, type, rule_id, user_id, ip_hash, ts, idempotency_key)
+),
+checked AS MATERIALIZED (
+    SELECT b.*,
+           CASE
+               WHEN NOT EXISTS (SELECT 1 FROM rules r WHERE r.id = b.rule_id) THEN 'unknown_rule'
+               WHEN b.user_id IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = b.user_id) THEN 'unknown_user'
+               WHEN b.idempotency_key IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM events e WHERE e.idempotency_key = b.idempotency_key)
+                   THEN 'duplicate'
+           END AS outcome
+    FROM batch b
+),
+views AS (
+    SELECT c.ip_hash, c.rule_id,
+           array_agg(c.ts ORDER BY c.ts, c.idx) AS tss,
+           array_agg(c.idx ORDER BY c.ts, c.idx) AS idxs
+    FROM checked c
+    WHERE c.outcome IS NULL AND c.type = 'VIEW'
+    GROUP BY c.ip_hash, c.rule_id
+),
+decided AS MATERIALIZED (
+    SELECT v.ip_hash, v.rule_id, v.tss, v.idxs,
+           CASE
+               WHEN cardinality(v.tss) > 1 THEN view_dedupe_counted(d.last_counted_at, v.tss)
+               WHEN d.last_counted_at IS NULL
+                    OR v.tss[1] >= d.last_counted_at + interval '10 minutes' THEN '{1}'::int[]
+               ELSE '{}'::int[]
+           END AS counted
+    FROM views v
+    LEFT JOIN view_dedupe d ON d.ip_hash = v.ip_hash AND d.rule_id = v.rule_id
+),
+moved AS (
+    INSERT INTO view_dedupe AS d (ip_hash, rule_id, last_counted_at, first_counted_at)
+    SELECT dc.ip_hash, dc.rule_id, dc.tss[dc.counted[cardinality(dc.counted)]],
+           dc.tss[dc.counted[1]]
+    FROM decided dc
+    WHERE cardinality(dc.counted) > 0
+    ORDER BY dc.ip_hash, dc.rule_id
+    ON CONFLICT (ip_hash, rule_id) DO UPDATE
+    SET last_counted_at = excluded.last_counted_at,
+        first_counted_at = excluded.first_counted_at
+    WHERE d.last_counted_at <= excluded.first_counted_at - interval '10 minutes'
+    RETURNING d.ip_hash, d.rule_id
+),
+counted_views AS (
+    SELECT dc.idxs[pos] AS idx
+    FROM decided dc
+    JOIN moved m ON m.ip_hash = dc.ip_hash AND m.rule_id = dc.rule_id
+    CROSS JOIN LATERAL unnest(dc.counted) AS pos
+),
+inserted AS (
+    INSERT INTO events (type, rule_id, user_id, ip_hash, ts, idempotency_key)
+    SELECT c.type, c.rule_id, c.user_id, c.ip_hash, c.ts, c.idempotency_key
+    FROM checked c
+    WHERE c.outcome IS NULL
+      AND (c.type <> 'VIEW' OR c.idx IN (SELECT cv.idx FROM counted_views cv))
+    ORDER BY c.idempotency_key
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING 1
+),
+summary AS (
+    SELECT (SELECT count(*) FROM inserted)::int AS accepted,
+           coalesce((SELECT array_agg(c.idx ORDER BY c.idx) FROM checked c
+                     WHERE c.outcome = 'unknown_rule'), '{}') AS unknown_rule,
+           coalesce((SELECT array_agg(c.idx ORDER BY c.idx) FROM checked c
+                     WHERE c.outcome = 'unknown_user'), '{}') AS unknown_user
+),
+counts AS (
+    SELECT s.*,
+           :early_rejected::int + cardinality(s.unknown_rule) + cardinality(s.unknown_user)
+               AS rejected,
+           :early_duplicates::int + cardinality(:idx::int[]) - s.accepted
+               - cardinality(s.unknown_rule) - cardinality(s.unknown_user) AS duplicates
+    FROM summary s
+),
+audit AS (
+    INSERT INTO audit_log (actor, action, request_id, details)
+    SELECT :actor::text, 'events.accepted', :request_id::text,
+           jsonb_build_object('received', :received::int, 'accepted', c.accepted,
+                              'duplicates', c.duplicates, 'rejected', c.rejected)
+    FROM counts c
+)
+SELECT accepted, duplicates, unknown_rule, unknown_user FROM counts;
+
+-- name: events_purge_view_dedupe(keep_days)$
+-- Windows that can no longer decide anything: no event older than `keep_days` is accepted, so a
+-- row last counted more than that (plus the 10-minute window) ago would never dedupe again.
+WITH gone AS (
+    DELETE FROM view_dedupe
+    WHERE last_counted_at < now() - make_interval(days => :keep_days) - interval '10 minutes'
+    RETURNING 1
+)
+SELECT count(*)::int FROM gone;
