@@ -56,8 +56,11 @@ async def post_headers_only(http: httpx.AsyncClient, *, content_length: int) -> 
     )
     writer.write(head.encode())
     await writer.drain()
-    response = await asyncio.wait_for(reader.read(65536), timeout=10)
-    writer.close()
+    try:
+        response = await asyncio.wait_for(reader.read(65536), timeout=10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
     head_part, _, body = response.partition(b"\r\n\r\n")
     status = int(head_part.split(b" ", 2)[1])
     return status, orjson.loads(body)["error"]["message"]
