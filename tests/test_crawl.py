@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -11,7 +12,7 @@ import orjson
 import pytest
 
 from app.crawl import MAX_ITEMS, MAX_RAW_BYTES, import_items, register_source, validate_items
-from tests.conftest import APP_HEADERS
+from tests.conftest import APP_HEADERS, RunningServer, make_settings
 from tests.factories import create_user
 
 
@@ -359,3 +360,15 @@ async def test_concurrent_overlapping_batches_all_succeed(
         )
         == 60
     )
+
+
+async def test_crawl_is_rate_limited_per_client(
+    start_server: Callable[..., Awaitable[RunningServer]], db_url: str, pool: asyncpg.Pool
+) -> None:
+    running = await start_server(make_settings(db_url, rate_limit_crawl_per_minute=3))
+    source_id, _ = await add_source(pool)
+    statuses = [(await send(running.client, source_id, [item("a")])).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    refused = await send(running.client, source_id, [item("a")])
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limited"
