@@ -293,22 +293,15 @@ async def import_items(
 ) -> CrawlReport:
     """Upsert the accepted items of one batch and audit it: three statements, any batch size."""
     curator_id = await _curator_of(conn, source_id)
-    report = CrawlReport(source_id=source_id, rejected=items.rejected)
-    if items.accepted:
-        index_of = {item.external_id: index for index, item in items.accepted}
-        rows = queries.crawl_upsert_items(
-            conn,
-            source_id=source_id,
-            curator_id=curator_id,
-            items=[item.as_row() for _, item in items.accepted],
-        )
-        async for row in rows:
-            outcome = ItemOutcome(
-                index_of[row["external_id"]], row["external_id"], row["outcome"], row["rule_id"]
-            )
-            report.items.append(outcome)
-            setattr(report, outcome.status, getattr(report, outcome.status) + 1)
-        report.items.sort(key=lambda o: o.index)
+    outcomes = await _upsert(conn, source_id=source_id, curator_id=curator_id, items=items)
+    report = CrawlReport(
+        source_id=source_id,
+        created=sum(o.status == "created" for o in outcomes),
+        updated=sum(o.status == "updated" for o in outcomes),
+        unchanged=sum(o.status == "unchanged" for o in outcomes),
+        rejected=items.rejected,
+        items=outcomes,
+    )
     await audit.record(
         conn,
         actor=actor,
@@ -318,6 +311,26 @@ async def import_items(
         details={"items": len(items.accepted) + len(items.rejected), **report.counts()},
     )
     return report
+
+
+async def _upsert(
+    conn: asyncpg.Connection, *, source_id: str, curator_id: str, items: ValidatedItems
+) -> list[ItemOutcome]:
+    """One statement for the whole batch; outcomes in request order."""
+    if not items.accepted:
+        return []
+    index_of = {item.external_id: index for index, item in items.accepted}
+    rows = queries.crawl_upsert_items(
+        conn,
+        source_id=source_id,
+        curator_id=curator_id,
+        items=[item.as_row() for _, item in items.accepted],
+    )
+    outcomes = [
+        ItemOutcome(index_of[r["external_id"]], r["external_id"], r["outcome"], r["rule_id"])
+        async for r in rows
+    ]
+    return sorted(outcomes, key=lambda o: o.index)
 
 
 @dataclass(frozen=True)
