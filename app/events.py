@@ -58,6 +58,7 @@ class PreparedBatch:
     ip_hashes: list[str] = field(default_factory=list)
     tss: list[datetime] = field(default_factory=list)
     idempotency_keys: list[str | None] = field(default_factory=list)
+    shared_pairs: list[bool] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     duplicates: int = 0
 
@@ -162,7 +163,22 @@ def prepare_batch(
         batch.ip_hashes.append(ip_hash)
         batch.tss.append(ts)
         batch.idempotency_keys.append(key)
+    batch.shared_pairs = _shared_pairs(batch)
     return batch
+
+
+def _shared_pairs(batch: PreparedBatch) -> list[bool]:
+    """For each event: is it a VIEW whose (IP, rule) pair has other views in the batch? Only
+    those need the collapsing step in SQL; a lone view goes straight to the upsert."""
+    pairs = Counter(
+        (ip, rule)
+        for kind, ip, rule in zip(batch.types, batch.ip_hashes, batch.rule_ids, strict=True)
+        if kind == "VIEW"
+    )
+    return [
+        kind == "VIEW" and pairs[(ip, rule)] > 1
+        for kind, ip, rule in zip(batch.types, batch.ip_hashes, batch.rule_ids, strict=True)
+    ]
 
 
 async def ingest_batch(
@@ -178,6 +194,7 @@ async def ingest_batch(
         ip_hashes=batch.ip_hashes,
         tss=batch.tss,
         idempotency_keys=batch.idempotency_keys,
+        shared_pairs=batch.shared_pairs,
         actor=actor,
         request_id=request_id,
         received=batch.received,

@@ -2,30 +2,41 @@
 -- The service-managed key of the client-IP HMAC (created by migration 0002).
 SELECT secret FROM ip_hash_secret WHERE singleton;
 
--- name: events_ingest_batch(idx, types, rule_ids, user_ids, ip_hashes, tss, idempotency_keys, actor, request_id, received, early_rejected, early_duplicates)^
+-- name: events_ingest_batch(idx, types, rule_ids, user_ids, ip_hashes, tss, idempotency_keys, shared_pairs, actor, request_id, received, early_rejected, early_duplicates)^
 -- The whole batch in one statement: rule and user checks, idempotency, VIEW dedupe, insert and
 -- the request's audit row. Arrays are parallel, one element per event that passed the checks
--- done in Python; `idx` is the event's position in the request.
--- VIEW dedupe: views of one (ip_hash, rule) pair are collapsed first (ON CONFLICT cannot touch a
--- row twice in one statement), the counted ones decided against the stored window, and the
--- window upserted with a guard that re-checks the latest committed row, so concurrent batches
--- never count two views of a pair less than 10 minutes apart.
+-- done in Python; `idx` is the event's position in the request; `shared_pairs` is true for a
+-- VIEW whose (ip_hash, rule) pair has other views in this batch.
+-- VIEW dedupe: a view alone in its batch goes straight to the upsert, whose guard (the stored
+-- window has ended by the view's ts) decides against the latest committed row. Views sharing a
+-- pair are collapsed first (ON CONFLICT cannot touch a row twice in one statement): the
+-- counted ones are decided against the stored window by view_dedupe_counted, and the guard
+-- re-checks the first of them against the latest committed row. So concurrent batches never
+-- count two views of a pair less than 10 minutes apart.
 -- Writes are ordered by their keys so that concurrent batches take row locks in one order.
 WITH batch AS (
     SELECT b.idx, b.type, b.rule_id COLLATE "C" AS rule_id, b.user_id COLLATE "C" AS user_id,
-           b.ip_hash COLLATE "C" AS ip_hash, b.ts, b.idempotency_key COLLATE "C" AS idempotency_key
+           b.ip_hash COLLATE "C" AS ip_hash, b.ts, b.idempotency_key COLLATE "C" AS idempotency_key,
+           b.shared_pair
     FROM unnest(:idx::int[], :types::text[], :rule_ids::text[], :user_ids::text[],
-                :ip_hashes::text[], :tss::timestamptz[], :idempotency_keys::text[])
-         AS b(idx, type, rule_id, user_id, ip_hash, ts, idempotency_key)
+                :ip_hashes::text[], :tss::timestamptz[], :idempotency_keys::text[],
+                :shared_pairs::bool[])
+         AS b(idx, type, rule_id, user_id, ip_hash, ts, idempotency_key, shared_pair)
 ),
 checked AS MATERIALIZED (
+    -- One index probe per event and check (rules and users by primary key, keys by the partial
+    -- unique index). Scalar subqueries, not joins or EXISTS: the planner cannot turn them into
+    -- a hash of the whole table, which it prefers for small tables and stale statistics.
     SELECT b.*,
            CASE
-               WHEN NOT EXISTS (SELECT 1 FROM rules r WHERE r.id = b.rule_id) THEN 'unknown_rule'
+               WHEN (SELECT true FROM rules r WHERE r.id = b.rule_id) IS NULL THEN 'unknown_rule'
                WHEN b.user_id IS NOT NULL
-                    AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = b.user_id) THEN 'unknown_user'
+                    AND (SELECT true FROM users u WHERE u.id = b.user_id) IS NULL
+                   THEN 'unknown_user'
                WHEN b.idempotency_key IS NOT NULL
-                    AND EXISTS (SELECT 1 FROM events e WHERE e.idempotency_key = b.idempotency_key)
+                    AND (SELECT true FROM events e
+                         WHERE e.idempotency_key = b.idempotency_key
+                           AND e.idempotency_key IS NOT NULL)
                    THEN 'duplicate'
            END AS outcome
     FROM batch b
@@ -35,27 +46,29 @@ views AS (
            array_agg(c.ts ORDER BY c.ts, c.idx) AS tss,
            array_agg(c.idx ORDER BY c.ts, c.idx) AS idxs
     FROM checked c
-    WHERE c.outcome IS NULL AND c.type = 'VIEW'
+    WHERE c.outcome IS NULL AND c.type = 'VIEW' AND c.shared_pair
     GROUP BY c.ip_hash, c.rule_id
 ),
 decided AS MATERIALIZED (
     SELECT v.ip_hash, v.rule_id, v.tss, v.idxs,
-           CASE
-               WHEN cardinality(v.tss) > 1 THEN view_dedupe_counted(d.last_counted_at, v.tss)
-               WHEN d.last_counted_at IS NULL
-                    OR v.tss[1] >= d.last_counted_at + interval '10 minutes' THEN '{1}'::int[]
-               ELSE '{}'::int[]
-           END AS counted
+           view_dedupe_counted(d.last_counted_at, v.tss) AS counted
     FROM views v
     LEFT JOIN view_dedupe d ON d.ip_hash = v.ip_hash AND d.rule_id = v.rule_id
 ),
 moved AS (
     INSERT INTO view_dedupe AS d (ip_hash, rule_id, last_counted_at, first_counted_at)
-    SELECT dc.ip_hash, dc.rule_id, dc.tss[dc.counted[cardinality(dc.counted)]],
-           dc.tss[dc.counted[1]]
-    FROM decided dc
-    WHERE cardinality(dc.counted) > 0
-    ORDER BY dc.ip_hash, dc.rule_id
+    SELECT w.ip_hash, w.rule_id, w.last_counted_at, w.first_counted_at
+    FROM (
+        SELECT c.ip_hash, c.rule_id, c.ts AS last_counted_at, c.ts AS first_counted_at
+        FROM checked c
+        WHERE c.outcome IS NULL AND c.type = 'VIEW' AND NOT c.shared_pair
+        UNION ALL
+        SELECT dc.ip_hash, dc.rule_id, dc.tss[dc.counted[cardinality(dc.counted)]],
+               dc.tss[dc.counted[1]]
+        FROM decided dc
+        WHERE cardinality(dc.counted) > 0
+    ) w
+    ORDER BY w.ip_hash, w.rule_id
     ON CONFLICT (ip_hash, rule_id) DO UPDATE
     SET last_counted_at = excluded.last_counted_at,
         first_counted_at = excluded.first_counted_at
@@ -65,7 +78,6 @@ moved AS (
 counted_views AS (
     SELECT dc.idxs[pos] AS idx
     FROM decided dc
-    JOIN moved m ON m.ip_hash = dc.ip_hash AND m.rule_id = dc.rule_id
     CROSS JOIN LATERAL unnest(dc.counted) AS pos
 ),
 inserted AS (
@@ -73,12 +85,16 @@ inserted AS (
     SELECT c.type, c.rule_id, c.user_id, c.ip_hash, c.ts, c.idempotency_key
     FROM checked c
     WHERE c.outcome IS NULL
-      AND (c.type <> 'VIEW' OR c.idx IN (SELECT cv.idx FROM counted_views cv))
+      AND (c.type <> 'VIEW'
+           -- counted here, and its pair's window moved (a concurrent batch may have won it);
+           -- IN inside OR keeps both as hashed subplans whatever the row estimates say
+           OR ((NOT c.shared_pair OR c.idx IN (SELECT cv.idx FROM counted_views cv))
+               AND (c.ip_hash, c.rule_id) IN (SELECT m.ip_hash, m.rule_id FROM moved m)))
     ORDER BY c.idempotency_key
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING 1
 ),
-summary AS (
+summary AS MATERIALIZED (
     SELECT (SELECT count(*) FROM inserted)::int AS accepted,
            coalesce((SELECT array_agg(c.idx ORDER BY c.idx) FROM checked c
                      WHERE c.outcome = 'unknown_rule'), '{}') AS unknown_rule,

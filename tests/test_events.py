@@ -366,3 +366,17 @@ async def test_purge_drops_only_windows_that_decide_nothing(
     await run_jobs()
     assert [r["ip_hash"] for r in await pool.fetch("SELECT ip_hash FROM view_dedupe")] == ["h2"]
     assert [r["key"] for r in await pool.fetch("SELECT key FROM rate_limit_buckets")] == ["new"]
+
+
+def test_client_ip_rules_and_hash() -> None:
+    from app.client_ip import forwarded_or_peer, normalise_ip
+
+    assert normalise_ip("::ffff:192.0.2.1") == "192.0.2.1"
+    assert normalise_ip("2001:DB8::1") == "2001:db8::1"
+    assert normalise_ip("999.1.1.1") is None
+    assert forwarded_or_peer("192.0.2.1, 10.0.0.1", "127.0.0.1") == "192.0.2.1"
+    assert forwarded_or_peer("garbage", "127.0.0.1") == "127.0.0.1"
+    assert forwarded_or_peer(None, None) is None
+    one, other = IpHasher("secret-a"), IpHasher("secret-b")
+    assert one.hash("192.0.2.1") == one.hash("192.0.2.1") != other.hash("192.0.2.1")
+    assert len(one.hash("192.0.2.1")) == 32 and "192" not in one.hash("192.0.2.1")
