@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     rollup_work_mem: str = "128MB"
     rollup_parallelism: int = Field(default=2, ge=1, le=16)
     event_retention_days: int = Field(default=0, ge=0)
+    # Days of metric rows a trending score sums (10 half-lives by default: older days weigh <0.1%).
+    trending_horizon_days: int = Field(default=30, ge=1, le=366)
 
     # --- jobs ---
     worker_concurrency: int = Field(default=2, ge=1, le=64)

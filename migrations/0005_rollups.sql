@@ -1,0 +1,62 @@
+-- Rollups, trending, leaderboards and author notifications (docs/rollups.md).
+
+-- One row per rollup run: its arguments, how long it took and what it wrote.
+CREATE TABLE rollup_runs (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    actor        text NOT NULL,
+    status       text NOT NULL DEFAULT 'running'
+                 CHECK (status IN ('running', 'succeeded', 'failed', 'dry_run')),
+    end_day      date NOT NULL,
+    days         date[] NOT NULL,
+    args         jsonb NOT NULL DEFAULT '{}',
+    duration_ms  double precision,
+    row_counts   jsonb NOT NULL DEFAULT '{}',
+    error        text
+);
+CREATE INDEX rollup_runs_started_at_idx ON rollup_runs (started_at);
+
+-- The days whose metrics were written, and when: the backfill looks for the missing ones and
+-- re-rolls days whose donations changed since.
+CREATE TABLE rollup_days (
+    day        date PRIMARY KEY,
+    rolled_at  timestamptz NOT NULL DEFAULT now(),
+    run_id     bigint
+);
+
+-- Per-run scratch: the expensive per-day event aggregates are computed in parallel into this
+-- table, then applied to the metric tables one day per transaction. Unlogged: it is rebuilt by
+-- any run, and a crash only loses scratch rows.
+CREATE UNLOGGED TABLE rollup_stage_rule (
+    run_id   bigint NOT NULL,
+    day      date NOT NULL,
+    rule_id  text COLLATE "C" NOT NULL,
+    views    integer NOT NULL,
+    copies   integer NOT NULL,
+    saves    integer NOT NULL,
+    forks    integer NOT NULL,
+    votes    integer NOT NULL,
+    PRIMARY KEY (run_id, day, rule_id)
+);
+
+-- Donations are attributed to the UTC day they were created on.
+CREATE INDEX donations_created_at_rollup_idx ON donations (created_at);
+
+-- Leaderboard look-ups by board, for the notifications of "entered the top 10".
+CREATE INDEX leaderboard_snapshot_board_idx
+    ON leaderboard_snapshot (period, entity, scope, scope_key, day, rank);
+
+CREATE TABLE notifications (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    author_id   text COLLATE "C" NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    kind        text NOT NULL CHECK (kind IN ('DONATION', 'FORK', 'LEADERBOARD_TOP10')),
+    -- What caused it ("donation:<id>", "fork:<event id>", "top10:<board>:<entity>:<day>"):
+    -- unique per author, so no cause is ever notified twice.
+    cause_key   text COLLATE "C" NOT NULL,
+    payload     jsonb NOT NULL DEFAULT '{}',
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    read_at     timestamptz,
+    CONSTRAINT notifications_author_cause_key UNIQUE (author_id, cause_key)
+);
+CREATE INDEX notifications_unread_idx ON notifications (author_id, created_at) WHERE read_at IS NULL;

@@ -1,0 +1,328 @@
+-- Rollups: daily metrics, trending scores and leaderboard snapshots (docs/rollups.md).
+-- A "day" is a UTC calendar day: events with day <= ts < day + 1, both as UTC midnights.
+
+-- name: rollup_set_work_mem(work_mem)$
+-- For the rest of the caller's transaction only.
+SELECT set_config('work_mem', :work_mem::text, true);
+
+-- name: rollup_lock_day(day)$
+-- Serializes every rollup (task, HTTP dry run, CLI) that writes or reads-to-write this day;
+-- released when the caller's transaction ends.
+SELECT pg_advisory_xact_lock(hashtext('ingest.rollup.day'), :day::date - date '2000-01-01');
+
+-- name: rollup_start_run(actor, end_day, days, args)$
+INSERT INTO rollup_runs (actor, end_day, days, args)
+VALUES (:actor, :end_day::date, :days::date[], :args::jsonb)
+RETURNING id;
+
+-- name: rollup_finish_run(run_id, status, duration_ms, row_counts, error)!
+UPDATE rollup_runs
+SET finished_at = now(), status = :status, duration_ms = :duration_ms::float8,
+    row_counts = :row_counts::jsonb, error = :error
+WHERE id = :run_id;
+
+-- name: rollup_clear_stage(run_id)!
+-- This run's scratch rows, and those of runs that died more than a day ago.
+DELETE FROM rollup_stage_rule s
+WHERE s.run_id = :run_id
+   OR s.run_id IN (SELECT r.id FROM rollup_runs r
+                   WHERE r.started_at < now() - interval '1 day' AND r.id <> :run_id);
+
+-- name: rollup_stage_rule_day(run_id, day, view_cap)$
+-- The one expensive statement: one day of events (the BRIN index on ts finds its blocks),
+-- counted per rule and type. VIEWs are first counted per client IP hash and capped at
+-- `view_cap` per (IP, rule, day); views without an IP hash are not capped (docs/rollups.md).
+WITH per_viewer AS (
+    SELECT e.rule_id, e.type, CASE WHEN e.type = 'VIEW' THEN e.ip_hash END AS viewer,
+           count(*) AS n
+    FROM events e
+    WHERE e.ts >= (:day::date)::timestamp AT TIME ZONE 'UTC'
+      AND e.ts < (:day::date + 1)::timestamp AT TIME ZONE 'UTC'
+    GROUP BY 1, 2, 3
+),
+per_rule AS (
+    SELECT rule_id,
+           coalesce(sum(CASE WHEN viewer IS NOT NULL THEN least(n, :view_cap::int) ELSE n END)
+                    FILTER (WHERE type = 'VIEW'), 0)::int AS views,
+           coalesce(sum(n) FILTER (WHERE type = 'COPY'), 0)::int AS copies,
+           coalesce(sum(n) FILTER (WHERE type = 'SAVE'), 0)::int AS saves,
+           coalesce(sum(n) FILTER (WHERE type = 'FORK'), 0)::int AS forks,
+           coalesce(sum(n) FILTER (WHERE type = 'VOTE'), 0)::int AS votes
+    FROM per_viewer
+    GROUP BY rule_id
+),
+staged AS (
+    INSERT INTO rollup_stage_rule (run_id, day, rule_id, views, copies, saves, forks, votes)
+    SELECT :run_id, :day::date, rule_id, views, copies, saves, forks, votes
+    FROM per_rule
+    RETURNING 1
+)
+SELECT count(*) FROM staged;
+
+-- name: rollup_apply_rule_day(run_id, day)$
+-- Replace the day's rule rows with the staged counts: upsert what changed, delete rules that
+-- no longer have any event that day. Returns the number of rule rows the day now has.
+WITH staged AS (
+    SELECT s.rule_id, s.views, s.copies, s.saves, s.forks, s.votes
+    FROM rollup_stage_rule s
+    JOIN rules r ON r.id = s.rule_id
+    WHERE s.run_id = :run_id AND s.day = :day::date
+),
+upserted AS (
+    INSERT INTO rule_metric_daily AS m (rule_id, day, views, copies, saves, forks, votes)
+    SELECT rule_id, :day::date, views, copies, saves, forks, votes
+    FROM staged
+    ON CONFLICT (rule_id, day) DO UPDATE
+    SET views = EXCLUDED.views, copies = EXCLUDED.copies, saves = EXCLUDED.saves,
+        forks = EXCLUDED.forks, votes = EXCLUDED.votes
+    WHERE (m.views, m.copies, m.saves, m.forks, m.votes)
+          IS DISTINCT FROM (EXCLUDED.views, EXCLUDED.copies, EXCLUDED.saves, EXCLUDED.forks,
+                            EXCLUDED.votes)
+    RETURNING 1
+),
+removed AS (
+    DELETE FROM rule_metric_daily m
+    WHERE m.day = :day::date
+      AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.rule_id = m.rule_id)
+    RETURNING 1
+)
+SELECT count(*) FROM staged;
+
+-- name: rollup_apply_author_day(day)$
+-- The day's author rows: engagement summed over the author's rules (from the rule rows just
+-- written) plus the money kept from donations created that day. Replaces the day exactly.
+WITH engagement AS (
+    SELECT r.author_id, sum(m.views)::int AS views, sum(m.copies)::int AS copies,
+           sum(m.saves)::int AS saves, sum(m.forks)::int AS forks, sum(m.votes)::int AS votes
+    FROM rule_metric_daily m
+    JOIN rules r ON r.id = m.rule_id
+    WHERE m.day = :day::date
+    GROUP BY r.author_id
+),
+kept AS (
+    -- Money kept per donation: what succeeded minus what was refunded; nothing for pending,
+    -- failed, disputed (until won, when Stripe marks it succeeded again) or lost.
+    SELECT coalesce(d.author_id, r.author_id) AS author_id,
+           CASE WHEN d.status IN ('succeeded', 'partially_refunded', 'refunded')
+                THEN greatest(d.amount_cents - d.refunded_cents, 0) ELSE 0 END AS kept_cents
+    FROM donations d
+    LEFT JOIN rules r ON r.id = d.rule_id
+    WHERE d.created_at >= (:day::date)::timestamp AT TIME ZONE 'UTC'
+      AND d.created_at < (:day::date + 1)::timestamp AT TIME ZONE 'UTC'
+),
+money AS (
+    SELECT author_id, count(*)::int AS donations_count, sum(kept_cents)::bigint AS amount
+    FROM kept
+    WHERE kept_cents > 0 AND author_id IS NOT NULL
+    GROUP BY author_id
+),
+computed AS (
+    SELECT coalesce(e.author_id, m.author_id) AS author_id,
+           coalesce(e.views, 0) AS views, coalesce(e.copies, 0) AS copies,
+           coalesce(e.saves, 0) AS saves, coalesce(e.forks, 0) AS forks,
+           coalesce(e.votes, 0) AS votes,
+           coalesce(m.donations_count, 0) AS donations_count,
+           coalesce(m.amount, 0) AS donations_amount_cents
+    FROM engagement e
+    FULL JOIN money m ON m.author_id = e.author_id
+),
+upserted AS (
+    INSERT INTO author_metric_daily AS a (author_id, day, views, copies, saves, forks, votes,
+                                          donations_count, donations_amount_cents)
+    SELECT c.author_id, :day::date, c.views, c.copies, c.saves, c.forks, c.votes,
+           c.donations_count, c.donations_amount_cents
+    FROM computed c
+    WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = c.author_id)
+    ON CONFLICT (author_id, day) DO UPDATE
+    SET views = EXCLUDED.views, copies = EXCLUDED.copies, saves = EXCLUDED.saves,
+        forks = EXCLUDED.forks, votes = EXCLUDED.votes,
+        donations_count = EXCLUDED.donations_count,
+        donations_amount_cents = EXCLUDED.donations_amount_cents
+    WHERE (a.views, a.copies, a.saves, a.forks, a.votes, a.donations_count,
+           a.donations_amount_cents)
+          IS DISTINCT FROM (EXCLUDED.views, EXCLUDED.copies, EXCLUDED.saves, EXCLUDED.forks,
+                            EXCLUDED.votes, EXCLUDED.donations_count,
+                            EXCLUDED.donations_amount_cents)
+    RETURNING 1
+),
+removed AS (
+    DELETE FROM author_metric_daily a
+    WHERE a.day = :day::date
+      AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.author_id = a.author_id)
+    RETURNING 1
+)
+SELECT count(*) FROM computed c WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = c.author_id);
+
+-- name: rollup_trend_rule_day(day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
+-- score(rule, D) = sum over d in (D - horizon, D] of weighted(d) * 2^(-(D - d) / half_life),
+-- from the metric rows only, so recomputing a day always gives the same score.
+WITH scores AS (
+    SELECT m.rule_id,
+           round(sum((:w_view::float8 * m.views + :w_copy::float8 * m.copies
+                      + :w_save::float8 * m.saves + :w_fork::float8 * m.forks
+                      + :w_vote::float8 * m.votes)
+                     * power(2.0::float8, -((:day::date - m.day)::float8) / :half_life::float8)
+                    )::numeric, 6)::float8 AS score
+    FROM rule_metric_daily m
+    WHERE m.day > :day::date - :horizon::int AND m.day <= :day::date
+      AND m.rule_id IN (SELECT t.rule_id FROM rule_metric_daily t WHERE t.day = :day::date)
+    GROUP BY m.rule_id
+),
+updated AS (
+    UPDATE rule_metric_daily t
+    SET trending_score = s.score
+    FROM scores s
+    WHERE t.rule_id = s.rule_id AND t.day = :day::date
+      AND t.trending_score IS DISTINCT FROM s.score
+    RETURNING 1
+)
+SELECT count(*) FROM updated;
+
+-- name: rollup_trend_author_day(day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
+-- The same decayed sum over the author's daily rows (engagement only, not donations).
+WITH scores AS (
+    SELECT m.author_id,
+           round(sum((:w_view::float8 * m.views + :w_copy::float8 * m.copies
+                      + :w_save::float8 * m.saves + :w_fork::float8 * m.forks
+                      + :w_vote::float8 * m.votes)
+                     * power(2.0::float8, -((:day::date - m.day)::float8) / :half_life::float8)
+                    )::numeric, 6)::float8 AS score
+    FROM author_metric_daily m
+    WHERE m.day > :day::date - :horizon::int AND m.day <= :day::date
+      AND m.author_id IN (SELECT t.author_id FROM author_metric_daily t WHERE t.day = :day::date)
+    GROUP BY m.author_id
+),
+updated AS (
+    UPDATE author_metric_daily t
+    SET trending_score = s.score
+    FROM scores s
+    WHERE t.author_id = s.author_id AND t.day = :day::date
+      AND t.trending_score IS DISTINCT FROM s.score
+    RETURNING 1
+)
+SELECT count(*) FROM updated;
+
+-- name: rollup_clear_leaderboards_day(day)!
+DELETE FROM leaderboard_snapshot WHERE day = :day::date;
+
+-- name: rollup_leaderboards_day(day, board_size, w_view, w_copy, w_save, w_fork, w_vote)$
+-- Every board of the day: DAILY / WEEKLY (7 days) / MONTHLY (30 days) / ALL_TIME windows
+-- ending on `day`, for rules and authors, globally and per tag and per model (the rule's
+-- current tags and model). Score = weighted engagement in the window; rank by score, ties
+-- broken by entity id so a re-run ranks identically. Entities with no score are not ranked.
+WITH weighted AS (
+    SELECT m.rule_id, m.day,
+           round((:w_view::float8 * m.views + :w_copy::float8 * m.copies
+                  + :w_save::float8 * m.saves + :w_fork::float8 * m.forks
+                  + :w_vote::float8 * m.votes)::numeric, 6) AS ws
+    FROM rule_metric_daily m
+    WHERE m.day <= :day::date
+),
+rule_windows AS (
+    SELECT rule_id,
+           coalesce(sum(ws) FILTER (WHERE day = :day::date), 0) AS daily,
+           coalesce(sum(ws) FILTER (WHERE day > :day::date - 7), 0) AS weekly,
+           coalesce(sum(ws) FILTER (WHERE day > :day::date - 30), 0) AS monthly,
+           sum(ws) AS all_time
+    FROM weighted
+    GROUP BY rule_id
+),
+periods AS (
+    SELECT w.rule_id, p.period, p.score
+    FROM rule_windows w
+    CROSS JOIN LATERAL (VALUES ('DAILY', w.daily), ('WEEKLY', w.weekly),
+                               ('MONTHLY', w.monthly), ('ALL_TIME', w.all_time)) p (period, score)
+    WHERE p.score > 0
+),
+scoped AS (
+    SELECT p.period, s.scope, s.scope_key, p.rule_id, r.author_id, p.score
+    FROM periods p
+    JOIN rules r ON r.id = p.rule_id
+    CROSS JOIN LATERAL (
+        SELECT 'GLOBAL' AS scope, '' AS scope_key
+        UNION ALL
+        SELECT DISTINCT 'TAG', t FROM unnest(r.tags) AS t WHERE t IS NOT NULL AND t <> ''
+        UNION ALL
+        SELECT 'MODEL', r.model WHERE r.model IS NOT NULL AND r.model <> ''
+    ) s
+),
+entries AS (
+    SELECT period, 'RULE' AS entity, scope, scope_key, rule_id AS entity_id, score
+    FROM scoped
+    UNION ALL
+    SELECT period, 'AUTHOR', scope, scope_key, author_id, sum(score)
+    FROM scoped
+    GROUP BY period, scope, scope_key, author_id
+),
+ranked AS (
+    SELECT period, entity, scope, scope_key, entity_id, score,
+           row_number() OVER (PARTITION BY period, entity, scope, scope_key
+                              ORDER BY score DESC, entity_id COLLATE "C") AS rank
+    FROM entries
+),
+inserted AS (
+    INSERT INTO leaderboard_snapshot (day, period, entity, scope, scope_key, rank, entity_id, score)
+    SELECT :day::date, period, entity, scope, scope_key, rank, entity_id, score::float8
+    FROM ranked
+    WHERE rank <= :board_size::int
+    RETURNING 1
+)
+SELECT count(*) FROM inserted;
+
+-- name: rollup_mark_day(day, run_id)!
+INSERT INTO rollup_days (day, rolled_at, run_id)
+VALUES (:day::date, now(), :run_id)
+ON CONFLICT (day) DO UPDATE SET rolled_at = now(), run_id = EXCLUDED.run_id;
+
+-- name: rollup_rolled_days(first_day, last_day)
+-- Days already rolled in a range: their trending and boards follow a re-rolled earlier day.
+SELECT day FROM rollup_days
+WHERE day BETWEEN :first_day::date AND :last_day::date
+ORDER BY day;
+
+-- name: rollup_days_to_backfill(first_day, last_day)
+-- Days in the range never rolled, or whose donations changed after they were rolled (a late
+-- refund or a lost dispute), oldest first.
+SELECT g.day
+FROM (SELECT :first_day::date + i AS day
+      FROM generate_series(0, :last_day::date - :first_day::date) AS i) AS g
+LEFT JOIN rollup_days r ON r.day = g.day
+WHERE r.day IS NULL
+   OR EXISTS (
+        SELECT 1 FROM donations d
+        WHERE d.created_at >= g.day::timestamp AT TIME ZONE 'UTC'
+          AND d.created_at < (g.day + 1)::timestamp AT TIME ZONE 'UTC'
+          AND d.updated_at > r.rolled_at)
+ORDER BY 1;
+
+-- name: rollup_day_counts(day)^
+-- What a day holds, for the dry-run report.
+SELECT (SELECT count(*) FROM rule_metric_daily WHERE day = :day::date) AS rule_metric_daily,
+       (SELECT count(*) FROM author_metric_daily WHERE day = :day::date) AS author_metric_daily,
+       (SELECT count(*) FROM leaderboard_snapshot WHERE day = :day::date) AS leaderboard_snapshot;
+
+-- name: rollup_top_entries(day, limit_)
+-- The head of the day's global boards, for the dry-run report.
+SELECT period, entity, rank, entity_id, score
+FROM leaderboard_snapshot
+WHERE day = :day::date AND scope = 'GLOBAL' AND scope_key = '' AND rank <= :limit_::int
+ORDER BY entity DESC, array_position(ARRAY['DAILY', 'WEEKLY', 'MONTHLY', 'ALL_TIME'], period),
+         rank;
+
+-- name: rollup_queued_job(queueing_lock)$
+SELECT id
+FROM procrastinate_jobs
+WHERE queueing_lock = :queueing_lock AND status = 'todo'
+ORDER BY id
+LIMIT 1;
+
+-- name: rollup_purge_old_events(before, batch)$
+-- One batch of events older than the retention horizon; the task loops until none are left,
+-- so no statement holds locks on many rows for long.
+WITH doomed AS (
+    SELECT id FROM events WHERE ts < :before::timestamptz LIMIT :batch::int
+),
+deleted AS (
+    DELETE FROM events e USING doomed d WHERE e.id = d.id RETURNING 1
+)
+SELECT count(*) FROM deleted;

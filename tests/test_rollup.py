@@ -1,0 +1,337 @@
+"""Rollups: the SQL against an independent Python computation, re-runs, late data, refunds,
+leaderboard ties and scopes, dry runs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, timedelta
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from app.db import create_pool
+from app.rollup import RollupConfig, TrendingWeights, run_rollup, window
+from app.settings import Settings
+from tests.conftest import make_settings
+from tests.rollup_helpers import (
+    COUNT_COLUMNS,
+    Donation,
+    Event,
+    Reference,
+    Rule,
+    at,
+    author_rows,
+    board_rows,
+    counts_of,
+    insert_donations,
+    insert_events,
+    insert_rules,
+    rule_rows,
+)
+
+BASE = date(2026, 1, 10)
+RULES = [
+    Rule("rul_a", "usr_1", ("python", "go"), "gpt"),
+    Rule("rul_b", "usr_1", ("python",), None),
+    Rule("rul_c", "usr_2", (), "claude"),
+    Rule("rul_d", "usr_3", ("go", "go"), "gpt"),
+]
+AUTHOR_COLUMNS = (*COUNT_COLUMNS, "donations_count", "donations_amount_cents")
+
+event_groups = st.lists(
+    st.tuples(
+        st.sampled_from(["VIEW", "VIEW", "VIEW", "COPY", "SAVE", "FORK", "VOTE"]),
+        st.sampled_from([r.id for r in RULES]),
+        st.sampled_from([None, "ip1", "ip2", "ip3"]),
+        st.integers(0, 3),  # day offset
+        st.integers(0, 23),  # hour
+        st.integers(1, 8),  # repeats: views above the cap of 5
+    ),
+    max_size=25,
+)
+donation_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["usr_1", "usr_2", "usr_3"]),
+        st.integers(0, 3),
+        st.integers(0, 5000),
+        st.integers(0, 5000),
+        st.sampled_from(
+            ["pending", "succeeded", "failed", "partially_refunded", "refunded", "disputed", "lost"]
+        ),
+    ),
+    max_size=6,
+)
+
+
+def build_reference(groups: list[tuple], donations: list[tuple]) -> Reference:
+    ref = Reference(rules={r.id: r for r in RULES})
+    for type_, rule_id, ip, offset, hour, repeats in groups:
+        day = BASE + timedelta(days=offset)
+        ref.events += [
+            Event(type_, rule_id, ip, at(day, hour, minute)) for minute in range(repeats)
+        ]
+    for n, (author, offset, amount, refunded, status) in enumerate(donations):
+        ref.donations.append(
+            Donation(
+                f"don_{n}",
+                author,
+                amount,
+                min(refunded, amount),
+                status,
+                at(BASE + timedelta(days=offset), 23, 59),
+            )
+        )
+    return ref
+
+
+async def load(pool: asyncpg.Pool, ref: Reference) -> None:
+    await insert_rules(pool, list(ref.rules.values()))
+    await insert_events(pool, ref.events)
+    await insert_donations(pool, ref.donations)
+
+
+async def check_against_reference(pool: asyncpg.Pool, ref: Reference, days: list[date]) -> None:
+    rules = await rule_rows(pool)
+    authors = await author_rows(pool)
+    expected_rules = ref.rule_metrics()
+    expected_authors = ref.author_metrics()
+    assert counts_of(rules, COUNT_COLUMNS) == expected_rules
+    assert counts_of(authors, AUTHOR_COLUMNS) == expected_authors
+    for key, score in ref.trending(expected_rules).items():
+        assert rules[key]["trending_score"] == pytest.approx(score, abs=1e-6), key
+    for key, score in ref.trending(expected_authors).items():
+        assert authors[key]["trending_score"] == pytest.approx(score, abs=1e-6), key
+    for day in days:
+        assert await board_rows(pool, day) == ref.leaderboards(day), day
+
+
+async def scenario(db_url: str, groups: list[tuple], donations: list[tuple]) -> None:
+    ref = build_reference(groups, donations)
+    settings = make_settings(db_url, rollup_parallelism=2)
+    pool = await create_pool(db_url, max_size=4)
+    try:
+        await pool.execute(
+            "TRUNCATE events, donations, rule_metric_daily, author_metric_daily,"
+            " leaderboard_snapshot, rollup_days, rules, users CASCADE"
+        )
+        await load(pool, ref)
+        days = window(BASE + timedelta(days=3), 4)
+        await run_rollup(pool, end_day=days[-1], days=4, settings=settings)
+        await check_against_reference(pool, ref, days)
+    finally:
+        await pool.close()
+
+
+@hsettings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(groups=event_groups, donations=donation_rows)
+def test_sql_rollup_matches_reference_computation(
+    db_url: str, groups: list[tuple], donations: list[tuple]
+) -> None:
+    asyncio.run(scenario(db_url, groups, donations))
+
+
+def fixed_reference() -> Reference:
+    groups = [
+        ("VIEW", "rul_a", "ip1", 0, 9, 7),  # capped to 5
+        ("VIEW", "rul_a", "ip2", 0, 10, 2),
+        ("VIEW", "rul_a", None, 0, 11, 6),  # no IP: not capped
+        ("COPY", "rul_b", "ip1", 1, 3, 2),
+        ("FORK", "rul_c", None, 2, 4, 1),
+        ("VOTE", "rul_d", "ip3", 2, 5, 3),
+        ("SAVE", "rul_b", None, 3, 6, 1),
+    ]
+    donations = [("usr_2", 1, 1000, 0, "succeeded"), ("usr_1", 3, 700, 200, "partially_refunded")]
+    return build_reference(groups, donations)
+
+
+async def roll(pool: asyncpg.Pool, settings: Settings, **kwargs: object) -> object:
+    args: dict = {"end_day": BASE + timedelta(days=3), "days": 4, **kwargs}
+    return await run_rollup(pool, settings=settings, **args)
+
+
+async def test_views_are_capped_per_ip_rule_and_day(pool: asyncpg.Pool, settings: Settings) -> None:
+    ref = fixed_reference()
+    await load(pool, ref)
+    await roll(pool, settings)
+    rows = await rule_rows(pool)
+    assert rows[("rul_a", BASE)]["views"] == 5 + 2 + 6
+    await check_against_reference(pool, ref, window(BASE + timedelta(days=3), 4))
+
+
+async def test_rerun_is_idempotent(pool: asyncpg.Pool, settings: Settings) -> None:
+    await load(pool, fixed_reference())
+    await roll(pool, settings)
+    before = (await rule_rows(pool), await author_rows(pool), await board_rows(pool, BASE))
+    second = await roll(pool, settings)
+    after = (await rule_rows(pool), await author_rows(pool), await board_rows(pool, BASE))
+    assert before == after
+    assert second.trending_updated == 0  # type: ignore[attr-defined]
+    runs = await pool.fetch("SELECT status, row_counts, days FROM rollup_runs ORDER BY id")
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+    assert runs[0]["row_counts"]["rule_metric_daily"] == len(before[0])
+    assert len(runs[0]["days"]) == 4
+    assert await pool.fetchval("SELECT count(*) FROM rollup_stage_rule") == 0
+
+
+async def test_late_event_is_picked_up_and_later_days_follow(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    ref = fixed_reference()
+    await load(pool, ref)
+    await roll(pool, settings)
+    late = [Event("FORK", "rul_b", "ip9", at(BASE + timedelta(days=1), 22))]
+    ref.events += late
+    await insert_events(pool, late)
+    # Re-roll only the late event's day: the days after it get their trending and boards
+    # recomputed from the new numbers.
+    report = await run_rollup(pool, end_day=BASE + timedelta(days=1), days=1, settings=settings)
+    assert report.refreshed_days == [BASE + timedelta(days=2), BASE + timedelta(days=3)]
+    assert (await rule_rows(pool))[("rul_b", BASE + timedelta(days=1))]["forks"] == 1
+    await check_against_reference(pool, ref, window(BASE + timedelta(days=3), 4))
+
+
+async def test_deleted_activity_removes_the_days_rows(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    ref = fixed_reference()
+    await load(pool, ref)
+    await roll(pool, settings)
+    await pool.execute("DELETE FROM events WHERE rule_id = 'rul_c'")
+    ref.events = [e for e in ref.events if e.rule_id != "rul_c"]
+    await roll(pool, settings)
+    await check_against_reference(pool, ref, window(BASE + timedelta(days=3), 4))
+
+
+async def test_refunds_and_lost_disputes_reduce_author_totals(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    await insert_rules(pool, RULES)
+    day = BASE + timedelta(days=1)
+    donations = [
+        Donation("don_x", "usr_2", 1000, 0, "succeeded", at(day, 8)),
+        Donation("don_y", "usr_2", 500, 0, "succeeded", at(day, 9)),
+    ]
+    await insert_donations(pool, donations)
+    await roll(pool, settings)
+    row = (await author_rows(pool))[("usr_2", day)]
+    assert (row["donations_count"], row["donations_amount_cents"]) == (2, 1500)
+
+    await pool.execute(
+        "UPDATE donations SET refunded_cents = 400, status = 'partially_refunded',"
+        " updated_at = now() WHERE id = 'don_x'"
+    )
+    await pool.execute(
+        "UPDATE donations SET status = 'lost', updated_at = now() WHERE id = 'don_y'"
+    )
+    await roll(pool, settings)
+    row = (await author_rows(pool))[("usr_2", day)]
+    assert (row["donations_count"], row["donations_amount_cents"]) == (1, 600)
+
+    await pool.execute(
+        "UPDATE donations SET refunded_cents = 1000, status = 'refunded' WHERE id = 'don_x'"
+    )
+    await roll(pool, settings)
+    assert ("usr_2", day) not in await author_rows(pool)  # nothing left that day
+
+
+async def test_leaderboard_ties_and_scopes(pool: asyncpg.Pool, settings: Settings) -> None:
+    rules = [
+        Rule("rul_z", "usr_9", ("rust",), "gpt"),
+        Rule("rul_y", "usr_8", ("rust",), "gpt"),
+        Rule("rul_x", "usr_8", ("go",), None),
+    ]
+    await insert_rules(pool, rules)
+    # rul_y and rul_z tie (one COPY = 3); rul_x has one view.
+    events = [
+        Event("COPY", "rul_z", "ip1", at(BASE)),
+        Event("COPY", "rul_y", "ip1", at(BASE)),
+        Event("VIEW", "rul_x", "ip1", at(BASE)),
+    ]
+    await insert_events(pool, events)
+    await run_rollup(pool, end_day=BASE, days=1, settings=settings)
+    board = await pool.fetch(
+        "SELECT scope, scope_key, entity, rank, entity_id, score FROM leaderboard_snapshot"
+        " WHERE day = $1 AND period = 'DAILY' ORDER BY entity, scope, scope_key, rank",
+        BASE,
+    )
+    by_board: dict[tuple[str, str, str], list[tuple[str, float]]] = {}
+    for r in board:
+        by_board.setdefault((r["entity"], r["scope"], r["scope_key"]), []).append(
+            (r["entity_id"], r["score"])
+        )
+    assert by_board[("RULE", "GLOBAL", "")] == [("rul_y", 3), ("rul_z", 3), ("rul_x", 1)]
+    assert by_board[("RULE", "TAG", "rust")] == [("rul_y", 3), ("rul_z", 3)]
+    assert by_board[("RULE", "TAG", "go")] == [("rul_x", 1)]
+    assert by_board[("RULE", "MODEL", "gpt")] == [("rul_y", 3), ("rul_z", 3)]
+    assert by_board[("AUTHOR", "GLOBAL", "")] == [("usr_8", 4), ("usr_9", 3)]
+    assert by_board[("AUTHOR", "TAG", "rust")] == [("usr_8", 3), ("usr_9", 3)]
+    assert by_board[("AUTHOR", "MODEL", "gpt")] == [("usr_8", 3), ("usr_9", 3)]
+    periods = await pool.fetch("SELECT DISTINCT period FROM leaderboard_snapshot")
+    assert {r["period"] for r in periods} == {"DAILY", "WEEKLY", "MONTHLY", "ALL_TIME"}
+
+
+async def test_board_size_limits_each_board(pool: asyncpg.Pool, db_url: str) -> None:
+    rules = [Rule(f"rul_{n:02d}", f"usr_{n:02d}") for n in range(12)]
+    await insert_rules(pool, rules)
+    await insert_events(pool, [Event("VIEW", r.id, "ip", at(BASE)) for r in rules])
+    settings = make_settings(db_url, leaderboard_size=10)
+    await run_rollup(pool, end_day=BASE, days=1, settings=settings)
+    sizes = await pool.fetch(
+        "SELECT period, entity, count(*) AS n, max(rank) AS top FROM leaderboard_snapshot"
+        " GROUP BY period, entity"
+    )
+    assert {(r["n"], r["top"]) for r in sizes} == {(10, 10)}
+    assert len(sizes) == 8
+
+
+async def test_dry_run_writes_nothing(pool: asyncpg.Pool, settings: Settings) -> None:
+    await load(pool, fixed_reference())
+    report = await roll(pool, settings, dry_run=True)
+    assert report.rule_metric_daily > 0 and report.leaderboard_snapshot > 0  # type: ignore[attr-defined]
+    assert report.top  # type: ignore[attr-defined]
+    for table in (
+        "rule_metric_daily",
+        "author_metric_daily",
+        "leaderboard_snapshot",
+        "rollup_days",
+        "rollup_stage_rule",
+    ):
+        assert await pool.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+    status = await pool.fetchval("SELECT status FROM rollup_runs")
+    assert status == "dry_run"
+
+
+async def test_retention_skips_days_whose_events_may_be_purged(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    settings = make_settings(db_url, event_retention_days=40)
+    old = date.today() - timedelta(days=45)
+    report = await run_rollup(pool, end_day=old, days=1, settings=settings)
+    assert report.days == [] and report.skipped_days == [old]
+
+
+def test_trending_weights_parse() -> None:
+    assert TrendingWeights.parse("view=1,copy=3,save=4,fork=6,vote=2") == TrendingWeights()
+    assert TrendingWeights.parse("VIEW=0.5") == TrendingWeights(0.5, 0, 0, 0, 0)
+    from app.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        TrendingWeights.parse("click=1")
+    config = RollupConfig.from_settings(Settings(trending_weights="fork=10"))
+    assert config.weights.fork == 10 and config.weights.view == 0
+
+
+async def test_custom_half_life_and_weights(pool: asyncpg.Pool, db_url: str) -> None:
+    ref = fixed_reference()
+    ref.half_life = 1.5
+    await load(pool, ref)
+    settings = make_settings(db_url, trending_half_life_days=1.5)
+    await roll(pool, settings)
+    await check_against_reference(pool, ref, window(BASE + timedelta(days=3), 4))
