@@ -1,10 +1,15 @@
-"""Queue housekeeping: retry jobs whose worker died, and purge old finished jobs."""
+"""Housekeeping: retry jobs whose worker died, purge old finished jobs and, when
+EVENT_RETENTION_DAYS is set, events older than the retention period."""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 from procrastinate import App, JobContext, RetryStrategy
+
+from app.db import queries
+from jobs.resources import resources_for
 
 logger = logging.getLogger("ingest.jobs.maintenance")
 
@@ -12,6 +17,10 @@ logger = logging.getLogger("ingest.jobs.maintenance")
 STALLED_AFTER_S = 30
 FINISHED_JOBS_KEEP_HOURS = 72
 FAILED_JOBS_KEEP_HOURS = 7 * 24
+# Events are accepted up to 30 days old and idempotency keys live on the events, so retention
+# never goes below this, whatever EVENT_RETENTION_DAYS says (docs/rollups.md).
+MIN_EVENT_RETENTION_DAYS = 31
+EVENT_PURGE_BATCH = 10_000
 
 
 async def retry_stalled_jobs(context: JobContext, timestamp: int) -> int:
@@ -33,6 +42,30 @@ async def purge_old_jobs(context: JobContext, timestamp: int | None = None) -> N
     await manager.delete_old_jobs(nb_hours=FAILED_JOBS_KEEP_HOURS, include_failed=True)
 
 
+async def purge_old_events(context: JobContext, timestamp: int | None = None) -> int:
+    """Delete events older than EVENT_RETENTION_DAYS (0 keeps them forever), in batches.
+
+    The daily metrics already hold their numbers; rollups refuse to re-roll days older than
+    the retention period, so purged events never turn into zeros."""
+    res = await resources_for(context)
+    days = res.settings.event_retention_days
+    if days <= 0:
+        return 0
+    before = datetime.now(UTC) - timedelta(days=max(days, MIN_EVENT_RETENTION_DAYS))
+    deleted = 0
+    while True:
+        async with res.pool.acquire() as conn:
+            batch = int(
+                await queries.rollup_purge_old_events(conn, before=before, batch=EVENT_PURGE_BATCH)
+            )
+        deleted += batch
+        if batch < EVENT_PURGE_BATCH:
+            break
+    if deleted:
+        logger.info("old events purged", extra={"deleted": deleted, "before": before.isoformat()})
+    return deleted
+
+
 def register(app: App) -> None:
     # Queueing lock only, never `lock`: a lock here can deadlock with the jobs it retries.
     stalled = app.task(
@@ -50,3 +83,11 @@ def register(app: App) -> None:
         retry=RetryStrategy(max_attempts=3, exponential_wait=10),
     )(purge_old_jobs)
     app.periodic(cron="30 3 * * *", periodic_id="nightly")(purge)
+    events = app.task(
+        name="purge_old_events",
+        pass_context=True,
+        queue="maintenance",
+        queueing_lock="purge_old_events",
+        retry=RetryStrategy(max_attempts=3, exponential_wait=10),
+    )(purge_old_events)
+    app.periodic(cron="45 3 * * *", periodic_id="nightly_event_retention")(events)

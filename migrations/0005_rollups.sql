@@ -43,10 +43,6 @@ CREATE UNLOGGED TABLE rollup_stage_rule (
 -- Donations are attributed to the UTC day they were created on.
 CREATE INDEX donations_created_at_rollup_idx ON donations (created_at);
 
--- Leaderboard look-ups by board, for the notifications of "entered the top 10".
-CREATE INDEX leaderboard_snapshot_board_idx
-    ON leaderboard_snapshot (period, entity, scope, scope_key, day, rank);
-
 CREATE TABLE notifications (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     author_id   text COLLATE "C" NOT NULL REFERENCES users (id) ON DELETE CASCADE,
