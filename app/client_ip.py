@@ -13,6 +13,8 @@ import ipaddress
 
 # 128 bits of the HMAC-SHA256: collisions are negligible and the column stays short.
 HASH_HEX_CHARS = 32
+# Addresses remembered per process (memory only, never written anywhere).
+CACHE_SIZE = 4096
 
 
 def normalise_ip(value: str) -> str | None:
@@ -45,13 +47,20 @@ class IpHasher:
 
     def __init__(self, secret: str) -> None:
         self._key = secret.encode()
-        self._cache: dict[str, str] = {}
+        # As sent -> hash (or None when not an address): a hot IP skips parsing and hashing.
+        self._cache: dict[str, str | None] = {}
 
     def hash(self, ip: str) -> str:
-        found = self._cache.get(ip)
-        if found is None:
-            found = hmac.new(self._key, ip.encode(), hashlib.sha256).hexdigest()[:HASH_HEX_CHARS]
-            if len(self._cache) >= 4096:
-                self._cache.clear()
-            self._cache[ip] = found
+        """The hash of an address already normalised."""
+        return hmac.new(self._key, ip.encode(), hashlib.sha256).hexdigest()[:HASH_HEX_CHARS]
+
+    def hash_given(self, value: str) -> str | None:
+        """The hash of an address as a caller sent it, or None when it is not an address."""
+        if value in self._cache:
+            return self._cache[value]
+        normal = normalise_ip(value)
+        found = self.hash(normal) if normal is not None else None
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[value] = found
         return found

@@ -18,7 +18,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
-from app.client_ip import IpHasher, normalise_ip
+from app.client_ip import IpHasher
 from app.db import queries, transaction
 from app.errors import PayloadTooLarge
 
@@ -110,8 +110,7 @@ def _event_ip_hash(event: dict[str, Any], request_ip_hash: str, hasher: IpHasher
     ip = event.get("ip")
     if ip is None:
         return request_ip_hash
-    normal = normalise_ip(ip) if isinstance(ip, str) else None
-    return hasher.hash(normal) if normal is not None else None
+    return hasher.hash_given(ip) if isinstance(ip, str) else None
 
 
 def _reject_reason(event: Any) -> str | None:
