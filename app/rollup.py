@@ -5,11 +5,14 @@ two phases:
 
 1. *stage*: the per-day event aggregates (the only statements that read `events`) run in
    parallel over `ROLLUP_PARALLELISM` connections into the unlogged `rollup_stage_rule`;
-2. *apply*: one transaction per day, oldest first, replaces the day's rule and author rows,
-   computes its trending scores and rebuilds its leaderboards from the metric tables.
+2. *apply*: one transaction per day, again over parallel connections, replaces the day's
+   rule and author rows, computes its trending scores and rebuilds its leaderboards, reading
+   the run's other days from the stage (their final new numbers) and older days from the
+   metric tables.
 
 A day is therefore either entirely the previous numbers or entirely the new ones, and every
-committed day was computed from final data of the days before it. `run_rollup` is the only
+committed day was computed from the numbers the whole run leaves, whatever order the days
+were committed in. `run_rollup` is the only
 function here that opens transactions; the others run inside the caller's.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -178,36 +181,62 @@ async def lock_day(conn: asyncpg.Connection, *, day: date, work_mem: str) -> Non
 
 
 async def stage_day(conn: asyncpg.Connection, *, run_id: int, day: date) -> int:
-    """Aggregate one day of events into this run's scratch rows; return the rule count."""
-    return int(await queries.rollup_stage_rule_day(conn, run_id=run_id, day=day, view_cap=VIEW_CAP))
+    """Aggregate one day of events (and donations) into this run's scratch rows."""
+    rules = await queries.rollup_stage_rule_day(conn, run_id=run_id, day=day, view_cap=VIEW_CAP)
+    await queries.rollup_stage_author_day(conn, run_id=run_id, day=day)
+    return int(rules)
 
 
 async def apply_day(
-    conn: asyncpg.Connection, *, run_id: int, day: date, config: RollupConfig
+    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
 ) -> DayResult:
-    """Replace the day's metric rows with the staged counts, then derive its scores."""
+    """Replace the day's metric rows with the staged ones, then derive its scores."""
     result = DayResult(day=day)
     result.rule_rows = int(await queries.rollup_apply_rule_day(conn, run_id=run_id, day=day))
-    result.author_rows = int(await queries.rollup_apply_author_day(conn, day=day))
-    await derive_day(conn, day=day, config=config, result=result)
+    result.author_rows = int(await queries.rollup_apply_author_day(conn, run_id=run_id, day=day))
+    await derive_day(conn, run_id=run_id, run_days=run_days, day=day, config=config, result=result)
     await queries.rollup_mark_day(conn, day=day, run_id=run_id)
     return result
 
 
 async def derive_day(
-    conn: asyncpg.Connection, *, day: date, config: RollupConfig, result: DayResult
+    conn: asyncpg.Connection,
+    *,
+    run_id: int,
+    run_days: list[date],
+    day: date,
+    config: RollupConfig,
+    result: DayResult,
 ) -> DayResult:
-    """Trending scores and every leaderboard of `day`, from the metric tables only."""
+    """Trending scores and every leaderboard of `day`, from metric rows: the run's staged
+    days and the stored other days (sql/rollup.sql explains why)."""
+    source = {"run_id": run_id, "run_days": run_days, "day": day}
     params = config.trend_params()
-    result.trending_updated = int(await queries.rollup_trend_rule_day(conn, day=day, **params))
-    result.trending_updated += int(await queries.rollup_trend_author_day(conn, day=day, **params))
+    result.trending_updated = int(await queries.rollup_trend_rule_day(conn, **source, **params))
+    result.trending_updated += int(await queries.rollup_trend_author_day(conn, **source, **params))
     await queries.rollup_clear_leaderboards_day(conn, day=day)
     result.leaderboard_rows = int(
         await queries.rollup_leaderboards_day(
-            conn, day=day, board_size=config.board_size, **config.weights.as_params()
+            conn, **source, board_size=config.board_size, **config.weights.as_params()
         )
     )
     return result
+
+
+async def roll_day(
+    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
+) -> DayResult:
+    """A run day is applied; a later day it affects only gets its scores and boards again."""
+    if day in run_days:
+        return await apply_day(conn, run_id=run_id, run_days=run_days, day=day, config=config)
+    return await derive_day(
+        conn,
+        run_id=run_id,
+        run_days=run_days,
+        day=day,
+        config=config,
+        result=DayResult(day, recomputed_only=True),
+    )
 
 
 async def rolled_days(conn: asyncpg.Connection, *, first_day: date, last_day: date) -> list[date]:
@@ -317,49 +346,63 @@ async def _real_run(
     report.run_id = run_id
     try:
         await _stage_in_parallel(pool, run_id=run_id, days=report.days, config=config)
-        await _apply_in_order(pool, run_id=run_id, report=report, config=config)
+        await _apply_in_parallel(pool, run_id=run_id, report=report, config=config)
     except BaseException as exc:
         await _finish(pool, report=report, started=started, status="failed", error=repr(exc))
         raise
     await _finish(pool, report=report, started=started, status="succeeded", error=None)
 
 
-async def _stage_in_parallel(
-    pool: asyncpg.Pool, *, run_id: int, days: list[date], config: RollupConfig
+async def _in_lanes(
+    pool: asyncpg.Pool,
+    days: list[date],
+    lanes: int,
+    work: Callable[[asyncpg.Connection, date], Awaitable[None]],
 ) -> None:
-    """Split the event scans over `parallelism` connections, one day per transaction."""
+    """Run `work` for every day, one transaction each, over `lanes` connections."""
     todo: asyncio.Queue[date] = asyncio.Queue()
     for day in days:
         todo.put_nowait(day)
 
-    async def worker() -> None:
+    async def lane() -> None:
         async with pool.acquire() as conn:
             while not todo.empty():
                 day = todo.get_nowait()
                 async with conn.transaction():
-                    await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
-                    await stage_day(conn, run_id=run_id, day=day)
+                    await work(conn, day)
 
-    await asyncio.gather(*(worker() for _ in range(min(config.parallelism, len(days)) or 1)))
+    await asyncio.gather(*(lane() for _ in range(max(1, min(lanes, len(days))))))
 
 
-async def _apply_in_order(
+async def _stage_in_parallel(
+    pool: asyncpg.Pool, *, run_id: int, days: list[date], config: RollupConfig
+) -> None:
+    """The event scans, spread over `parallelism` connections, one day per transaction."""
+
+    async def stage(conn: asyncpg.Connection, day: date) -> None:
+        await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
+        await stage_day(conn, run_id=run_id, day=day)
+
+    await _in_lanes(pool, days, config.parallelism, stage)
+
+
+async def _apply_in_parallel(
     pool: asyncpg.Pool, *, run_id: int, report: RollupReport, config: RollupConfig
 ) -> None:
-    """One transaction per day, oldest first, then refresh the rolled days that follow."""
+    """One transaction per day, in parallel, then the rolled days that follow are refreshed.
+
+    Each day reads the other run days from the stage, so no day waits for another."""
     async with pool.acquire() as conn:
-        refresh = await _days_to_refresh(conn, days=report.days, config=config)
-        report.refreshed_days = refresh
-        for day in sorted([*report.days, *refresh]):
-            async with conn.transaction():
-                await lock_day(conn, day=day, work_mem=config.work_mem)
-                if day in refresh:
-                    result = await derive_day(
-                        conn, day=day, config=config, result=DayResult(day, recomputed_only=True)
-                    )
-                else:
-                    result = await apply_day(conn, run_id=run_id, day=day, config=config)
-            report.add(result)
+        report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
+
+    async def apply(conn: asyncpg.Connection, day: date) -> None:
+        await lock_day(conn, day=day, work_mem=config.work_mem)
+        report.add(
+            await roll_day(conn, run_id=run_id, run_days=report.days, day=day, config=config)
+        )
+
+    days = sorted([*report.days, *report.refreshed_days])
+    await _in_lanes(pool, days, config.parallelism, apply)
 
 
 async def _days_to_refresh(
@@ -420,20 +463,16 @@ async def _dry_run_days(
     conn: asyncpg.Connection, *, run_id: int, report: RollupReport, config: RollupConfig
 ) -> None:
     await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
-    for day in report.days:
+    report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
+    every_day = sorted([*report.days, *report.refreshed_days])
+    for day in every_day:  # in order, so two dry runs cannot deadlock
         await queries.rollup_lock_day(conn, day=day)
     for day in report.days:
         await stage_day(conn, run_id=run_id, day=day)
-    report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
-    for day in sorted([*report.days, *report.refreshed_days]):
-        if day in report.refreshed_days:
-            await queries.rollup_lock_day(conn, day=day)
-            result = await derive_day(
-                conn, day=day, config=config, result=DayResult(day, recomputed_only=True)
-            )
-        else:
-            result = await apply_day(conn, run_id=run_id, day=day, config=config)
-        report.add(result)
+    for day in every_day:
+        report.add(
+            await roll_day(conn, run_id=run_id, run_days=report.days, day=day, config=config)
+        )
     report.top = await top_entries(conn, day=report.end_day, limit=DRY_RUN_TOP)
 
 

@@ -25,9 +25,9 @@ CREATE TABLE rollup_days (
     run_id     bigint
 );
 
--- Per-run scratch: the expensive per-day event aggregates are computed in parallel into this
--- table, then applied to the metric tables one day per transaction. Unlogged: it is rebuilt by
--- any run, and a crash only loses scratch rows.
+-- Per-run scratch: the per-day aggregates are computed in parallel into these tables, then
+-- each day is applied to the metric tables in one transaction, its trending and boards read
+-- from this run's staged days and the stored other days. Unlogged: a crash only loses scratch.
 CREATE UNLOGGED TABLE rollup_stage_rule (
     run_id   bigint NOT NULL,
     day      date NOT NULL,
@@ -38,6 +38,19 @@ CREATE UNLOGGED TABLE rollup_stage_rule (
     forks    integer NOT NULL,
     votes    integer NOT NULL,
     PRIMARY KEY (run_id, day, rule_id)
+);
+CREATE UNLOGGED TABLE rollup_stage_author (
+    run_id                  bigint NOT NULL,
+    day                     date NOT NULL,
+    author_id               text COLLATE "C" NOT NULL,
+    views                   integer NOT NULL,
+    copies                  integer NOT NULL,
+    saves                   integer NOT NULL,
+    forks                   integer NOT NULL,
+    votes                   integer NOT NULL,
+    donations_count         integer NOT NULL,
+    donations_amount_cents  bigint NOT NULL,
+    PRIMARY KEY (run_id, day, author_id)
 );
 
 -- Donations are attributed to the UTC day they were created on.

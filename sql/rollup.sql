@@ -21,12 +21,22 @@ SET finished_at = now(), status = :status, duration_ms = :duration_ms::float8,
     row_counts = :row_counts::jsonb, error = :error
 WHERE id = :run_id;
 
--- name: rollup_clear_stage(run_id)!
+-- name: rollup_clear_stage(run_id)$
 -- This run's scratch rows, and those of runs that died more than a day ago.
-DELETE FROM rollup_stage_rule s
-WHERE s.run_id = :run_id
-   OR s.run_id IN (SELECT r.id FROM rollup_runs r
-                   WHERE r.started_at < now() - interval '1 day' AND r.id <> :run_id);
+WITH stale AS (
+    SELECT r.id FROM rollup_runs r WHERE r.started_at < now() - interval '1 day'
+),
+rule_rows AS (
+    DELETE FROM rollup_stage_rule s
+    WHERE s.run_id = :run_id OR s.run_id IN (SELECT id FROM stale)
+    RETURNING 1
+),
+author_rows AS (
+    DELETE FROM rollup_stage_author s
+    WHERE s.run_id = :run_id OR s.run_id IN (SELECT id FROM stale)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM rule_rows) + (SELECT count(*) FROM author_rows);
 
 -- name: rollup_stage_rule_day(run_id, day, view_cap)$
 -- The one expensive statement: one day of events (the BRIN index on ts finds its blocks),
@@ -55,6 +65,48 @@ staged AS (
     INSERT INTO rollup_stage_rule (run_id, day, rule_id, views, copies, saves, forks, votes)
     SELECT :run_id, :day::date, rule_id, views, copies, saves, forks, votes
     FROM per_rule
+    RETURNING 1
+)
+SELECT count(*) FROM staged;
+
+-- name: rollup_stage_author_day(run_id, day)$
+-- The day's author rows from the day's staged rule rows (engagement summed over the author's
+-- rules) plus the money kept from donations created that day.
+WITH engagement AS (
+    SELECT r.author_id, sum(s.views)::int AS views, sum(s.copies)::int AS copies,
+           sum(s.saves)::int AS saves, sum(s.forks)::int AS forks, sum(s.votes)::int AS votes
+    FROM rollup_stage_rule s
+    JOIN rules r ON r.id = s.rule_id
+    WHERE s.run_id = :run_id AND s.day = :day::date
+    GROUP BY r.author_id
+),
+kept AS (
+    -- Money kept per donation: what succeeded minus what was refunded; nothing for pending,
+    -- failed, disputed (until won, when Stripe marks it succeeded again) or lost.
+    SELECT coalesce(d.author_id, r.author_id) AS author_id,
+           CASE WHEN d.status IN ('succeeded', 'partially_refunded', 'refunded')
+                THEN greatest(d.amount_cents - d.refunded_cents, 0) ELSE 0 END AS kept_cents
+    FROM donations d
+    LEFT JOIN rules r ON r.id = d.rule_id
+    WHERE d.created_at >= (:day::date)::timestamp AT TIME ZONE 'UTC'
+      AND d.created_at < (:day::date + 1)::timestamp AT TIME ZONE 'UTC'
+),
+money AS (
+    SELECT author_id, count(*)::int AS donations_count, sum(kept_cents)::bigint AS amount
+    FROM kept
+    WHERE kept_cents > 0 AND author_id IS NOT NULL
+    GROUP BY author_id
+),
+staged AS (
+    INSERT INTO rollup_stage_author (run_id, day, author_id, views, copies, saves, forks, votes,
+                                     donations_count, donations_amount_cents)
+    SELECT :run_id, :day::date, coalesce(e.author_id, m.author_id),
+           coalesce(e.views, 0), coalesce(e.copies, 0), coalesce(e.saves, 0),
+           coalesce(e.forks, 0), coalesce(e.votes, 0),
+           coalesce(m.donations_count, 0), coalesce(m.amount, 0)
+    FROM engagement e
+    FULL JOIN money m ON m.author_id = e.author_id
+    WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = coalesce(e.author_id, m.author_id))
     RETURNING 1
 )
 SELECT count(*) FROM staged;
@@ -88,51 +140,19 @@ removed AS (
 )
 SELECT count(*) FROM staged;
 
--- name: rollup_apply_author_day(day)$
--- The day's author rows: engagement summed over the author's rules (from the rule rows just
--- written) plus the money kept from donations created that day. Replaces the day exactly.
-WITH engagement AS (
-    SELECT r.author_id, sum(m.views)::int AS views, sum(m.copies)::int AS copies,
-           sum(m.saves)::int AS saves, sum(m.forks)::int AS forks, sum(m.votes)::int AS votes
-    FROM rule_metric_daily m
-    JOIN rules r ON r.id = m.rule_id
-    WHERE m.day = :day::date
-    GROUP BY r.author_id
-),
-kept AS (
-    -- Money kept per donation: what succeeded minus what was refunded; nothing for pending,
-    -- failed, disputed (until won, when Stripe marks it succeeded again) or lost.
-    SELECT coalesce(d.author_id, r.author_id) AS author_id,
-           CASE WHEN d.status IN ('succeeded', 'partially_refunded', 'refunded')
-                THEN greatest(d.amount_cents - d.refunded_cents, 0) ELSE 0 END AS kept_cents
-    FROM donations d
-    LEFT JOIN rules r ON r.id = d.rule_id
-    WHERE d.created_at >= (:day::date)::timestamp AT TIME ZONE 'UTC'
-      AND d.created_at < (:day::date + 1)::timestamp AT TIME ZONE 'UTC'
-),
-money AS (
-    SELECT author_id, count(*)::int AS donations_count, sum(kept_cents)::bigint AS amount
-    FROM kept
-    WHERE kept_cents > 0 AND author_id IS NOT NULL
-    GROUP BY author_id
-),
-computed AS (
-    SELECT coalesce(e.author_id, m.author_id) AS author_id,
-           coalesce(e.views, 0) AS views, coalesce(e.copies, 0) AS copies,
-           coalesce(e.saves, 0) AS saves, coalesce(e.forks, 0) AS forks,
-           coalesce(e.votes, 0) AS votes,
-           coalesce(m.donations_count, 0) AS donations_count,
-           coalesce(m.amount, 0) AS donations_amount_cents
-    FROM engagement e
-    FULL JOIN money m ON m.author_id = e.author_id
+-- name: rollup_apply_author_day(run_id, day)$
+-- Replace the day's author rows with the staged ones, exactly.
+WITH staged AS (
+    SELECT s.* FROM rollup_stage_author s
+    WHERE s.run_id = :run_id AND s.day = :day::date
+      AND EXISTS (SELECT 1 FROM users u WHERE u.id = s.author_id)
 ),
 upserted AS (
     INSERT INTO author_metric_daily AS a (author_id, day, views, copies, saves, forks, votes,
                                           donations_count, donations_amount_cents)
-    SELECT c.author_id, :day::date, c.views, c.copies, c.saves, c.forks, c.votes,
-           c.donations_count, c.donations_amount_cents
-    FROM computed c
-    WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = c.author_id)
+    SELECT author_id, :day::date, views, copies, saves, forks, votes,
+           donations_count, donations_amount_cents
+    FROM staged
     ON CONFLICT (author_id, day) DO UPDATE
     SET views = EXCLUDED.views, copies = EXCLUDED.copies, saves = EXCLUDED.saves,
         forks = EXCLUDED.forks, votes = EXCLUDED.votes,
@@ -148,25 +168,37 @@ upserted AS (
 removed AS (
     DELETE FROM author_metric_daily a
     WHERE a.day = :day::date
-      AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.author_id = a.author_id)
+      AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.author_id = a.author_id)
     RETURNING 1
 )
-SELECT count(*) FROM computed c WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = c.author_id);
+SELECT count(*) FROM staged;
 
--- name: rollup_trend_rule_day(day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
--- score(rule, D) = sum over d in (D - horizon, D] of weighted(d) * 2^(-(D - d) / half_life),
--- from the metric rows only, so recomputing a day always gives the same score.
-WITH scores AS (
-    SELECT m.rule_id,
-           round(sum((:w_view::float8 * m.views + :w_copy::float8 * m.copies
-                      + :w_save::float8 * m.saves + :w_fork::float8 * m.forks
-                      + :w_vote::float8 * m.votes)
-                     * power(2.0::float8, -((:day::date - m.day)::float8) / :half_life::float8)
-                    )::numeric, 6)::float8 AS score
+-- Trending and leaderboards of a day read a window of days before it. The days of the running
+-- rollup (`run_days`) are read from its staged rows, the final new numbers, and every other day
+-- from the metric tables; so each day can be committed on its own, in any order, and is still
+-- computed from the numbers the whole run will leave.
+
+-- name: rollup_trend_rule_day(run_id, run_days, day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
+-- score(rule, D) = sum over d in (D - horizon, D] of weighted(d) * 2^(-(D - d) / half_life).
+WITH src AS (
+    SELECT s.rule_id, s.day, s.views, s.copies, s.saves, s.forks, s.votes
+    FROM rollup_stage_rule s
+    WHERE s.run_id = :run_id AND s.day > :day::date - :horizon::int AND s.day <= :day::date
+    UNION ALL
+    SELECT m.rule_id, m.day, m.views, m.copies, m.saves, m.forks, m.votes
     FROM rule_metric_daily m
     WHERE m.day > :day::date - :horizon::int AND m.day <= :day::date
-      AND m.rule_id IN (SELECT t.rule_id FROM rule_metric_daily t WHERE t.day = :day::date)
-    GROUP BY m.rule_id
+      AND m.day <> ALL (:run_days::date[])
+),
+scores AS (
+    SELECT src.rule_id,
+           round(sum((:w_view::float8 * src.views + :w_copy::float8 * src.copies
+                      + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
+                      + :w_vote::float8 * src.votes)
+                     * power(2.0::float8, -((:day::date - src.day)::float8) / :half_life::float8)
+                    )::numeric, 6)::float8 AS score
+    FROM src
+    GROUP BY src.rule_id
 ),
 updated AS (
     UPDATE rule_metric_daily t
@@ -178,19 +210,27 @@ updated AS (
 )
 SELECT count(*) FROM updated;
 
--- name: rollup_trend_author_day(day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
+-- name: rollup_trend_author_day(run_id, run_days, day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
 -- The same decayed sum over the author's daily rows (engagement only, not donations).
-WITH scores AS (
-    SELECT m.author_id,
-           round(sum((:w_view::float8 * m.views + :w_copy::float8 * m.copies
-                      + :w_save::float8 * m.saves + :w_fork::float8 * m.forks
-                      + :w_vote::float8 * m.votes)
-                     * power(2.0::float8, -((:day::date - m.day)::float8) / :half_life::float8)
-                    )::numeric, 6)::float8 AS score
+WITH src AS (
+    SELECT s.author_id, s.day, s.views, s.copies, s.saves, s.forks, s.votes
+    FROM rollup_stage_author s
+    WHERE s.run_id = :run_id AND s.day > :day::date - :horizon::int AND s.day <= :day::date
+    UNION ALL
+    SELECT m.author_id, m.day, m.views, m.copies, m.saves, m.forks, m.votes
     FROM author_metric_daily m
     WHERE m.day > :day::date - :horizon::int AND m.day <= :day::date
-      AND m.author_id IN (SELECT t.author_id FROM author_metric_daily t WHERE t.day = :day::date)
-    GROUP BY m.author_id
+      AND m.day <> ALL (:run_days::date[])
+),
+scores AS (
+    SELECT src.author_id,
+           round(sum((:w_view::float8 * src.views + :w_copy::float8 * src.copies
+                      + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
+                      + :w_vote::float8 * src.votes)
+                     * power(2.0::float8, -((:day::date - src.day)::float8) / :half_life::float8)
+                    )::numeric, 6)::float8 AS score
+    FROM src
+    GROUP BY src.author_id
 ),
 updated AS (
     UPDATE author_metric_daily t
@@ -205,18 +245,26 @@ SELECT count(*) FROM updated;
 -- name: rollup_clear_leaderboards_day(day)!
 DELETE FROM leaderboard_snapshot WHERE day = :day::date;
 
--- name: rollup_leaderboards_day(day, board_size, w_view, w_copy, w_save, w_fork, w_vote)$
+-- name: rollup_leaderboards_day(run_id, run_days, day, board_size, w_view, w_copy, w_save, w_fork, w_vote)$
 -- Every board of the day: DAILY / WEEKLY (7 days) / MONTHLY (30 days) / ALL_TIME windows
 -- ending on `day`, for rules and authors, globally and per tag and per model (the rule's
 -- current tags and model). Score = weighted engagement in the window; rank by score, ties
 -- broken by entity id so a re-run ranks identically. Entities with no score are not ranked.
-WITH weighted AS (
-    SELECT m.rule_id, m.day,
-           round((:w_view::float8 * m.views + :w_copy::float8 * m.copies
-                  + :w_save::float8 * m.saves + :w_fork::float8 * m.forks
-                  + :w_vote::float8 * m.votes)::numeric, 6) AS ws
+WITH src AS (
+    SELECT s.rule_id, s.day, s.views, s.copies, s.saves, s.forks, s.votes
+    FROM rollup_stage_rule s
+    WHERE s.run_id = :run_id AND s.day <= :day::date
+    UNION ALL
+    SELECT m.rule_id, m.day, m.views, m.copies, m.saves, m.forks, m.votes
     FROM rule_metric_daily m
-    WHERE m.day <= :day::date
+    WHERE m.day <= :day::date AND m.day <> ALL (:run_days::date[])
+),
+weighted AS (
+    SELECT src.rule_id, src.day,
+           round((:w_view::float8 * src.views + :w_copy::float8 * src.copies
+                  + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
+                  + :w_vote::float8 * src.votes)::numeric, 6) AS ws
+    FROM src
 ),
 rule_windows AS (
     SELECT rule_id,
