@@ -192,9 +192,12 @@ async def apply_day(
 ) -> DayResult:
     """Replace the day's metric rows with the staged ones, then derive its scores."""
     result = DayResult(day=day)
-    result.rule_rows = int(await queries.rollup_apply_rule_day(conn, run_id=run_id, day=day))
-    result.author_rows = int(await queries.rollup_apply_author_day(conn, run_id=run_id, day=day))
-    await derive_day(conn, run_id=run_id, run_days=run_days, day=day, config=config, result=result)
+    source = {"run_id": run_id, "run_days": run_days, "day": day, **config.trend_params()}
+    result.rule_rows = int(await queries.rollup_apply_rule_day(conn, **source))
+    result.author_rows = int(await queries.rollup_apply_author_day(conn, **source))
+    result.leaderboard_rows = await rebuild_boards(
+        conn, run_id=run_id, run_days=run_days, day=day, config=config
+    )
     await queries.rollup_mark_day(conn, day=day, run_id=run_id)
     return result
 
@@ -208,19 +211,33 @@ async def derive_day(
     config: RollupConfig,
     result: DayResult,
 ) -> DayResult:
-    """Trending scores and every leaderboard of `day`, from metric rows: the run's staged
-    days and the stored other days (sql/rollup.sql explains why)."""
+    """Trending scores and every leaderboard of a rolled day that reads a re-rolled one."""
     source = {"run_id": run_id, "run_days": run_days, "day": day}
     params = config.trend_params()
     result.trending_updated = int(await queries.rollup_trend_rule_day(conn, **source, **params))
     result.trending_updated += int(await queries.rollup_trend_author_day(conn, **source, **params))
-    await queries.rollup_clear_leaderboards_day(conn, day=day)
-    result.leaderboard_rows = int(
-        await queries.rollup_leaderboards_day(
-            conn, **source, board_size=config.board_size, **config.weights.as_params()
-        )
+    result.leaderboard_rows = await rebuild_boards(
+        conn, run_id=run_id, run_days=run_days, day=day, config=config
     )
     return result
+
+
+async def rebuild_boards(
+    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
+) -> int:
+    """Every leaderboard of `day`, from metric rows: the run's staged days and the stored
+    other days (sql/rollup.sql explains why)."""
+    await queries.rollup_clear_leaderboards_day(conn, day=day)
+    return int(
+        await queries.rollup_leaderboards_day(
+            conn,
+            run_id=run_id,
+            run_days=run_days,
+            day=day,
+            board_size=config.board_size,
+            **config.weights.as_params(),
+        )
+    )
 
 
 async def roll_day(

@@ -111,25 +111,49 @@ staged AS (
 )
 SELECT count(*) FROM staged;
 
--- name: rollup_apply_rule_day(run_id, day)$
--- Replace the day's rule rows with the staged counts: upsert what changed, delete rules that
--- no longer have any event that day. Returns the number of rule rows the day now has.
-WITH staged AS (
-    SELECT s.rule_id, s.views, s.copies, s.saves, s.forks, s.votes
+-- name: rollup_apply_rule_day(run_id, run_days, day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
+-- Replace the day's rule rows with the staged counts and their trending scores (computed as
+-- in rollup_trend_rule_day, in the same write): upsert what changed, delete rules that no
+-- longer have any event that day. Returns the number of rule rows the day now has.
+WITH src AS (
+    SELECT s.rule_id, s.day, s.views, s.copies, s.saves, s.forks, s.votes
+    FROM rollup_stage_rule s
+    WHERE s.run_id = :run_id AND s.day > :day::date - :horizon::int AND s.day <= :day::date
+    UNION ALL
+    SELECT m.rule_id, m.day, m.views, m.copies, m.saves, m.forks, m.votes
+    FROM rule_metric_daily m
+    WHERE m.day > :day::date - :horizon::int AND m.day <= :day::date
+      AND m.day <> ALL (:run_days::date[])
+),
+scores AS (
+    SELECT src.rule_id,
+           round(sum((:w_view::float8 * src.views + :w_copy::float8 * src.copies
+                      + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
+                      + :w_vote::float8 * src.votes)
+                     * power(2.0::float8, -((:day::date - src.day)::float8) / :half_life::float8)
+                    )::numeric, 6)::float8 AS score
+    FROM src
+    GROUP BY src.rule_id
+),
+staged AS (
+    SELECT s.rule_id, s.views, s.copies, s.saves, s.forks, s.votes,
+           coalesce(sc.score, 0) AS trending_score
     FROM rollup_stage_rule s
     JOIN rules r ON r.id = s.rule_id
+    LEFT JOIN scores sc ON sc.rule_id = s.rule_id
     WHERE s.run_id = :run_id AND s.day = :day::date
 ),
 upserted AS (
-    INSERT INTO rule_metric_daily AS m (rule_id, day, views, copies, saves, forks, votes)
-    SELECT rule_id, :day::date, views, copies, saves, forks, votes
+    INSERT INTO rule_metric_daily AS m (rule_id, day, views, copies, saves, forks, votes,
+                                        trending_score)
+    SELECT rule_id, :day::date, views, copies, saves, forks, votes, trending_score
     FROM staged
     ON CONFLICT (rule_id, day) DO UPDATE
     SET views = EXCLUDED.views, copies = EXCLUDED.copies, saves = EXCLUDED.saves,
-        forks = EXCLUDED.forks, votes = EXCLUDED.votes
-    WHERE (m.views, m.copies, m.saves, m.forks, m.votes)
+        forks = EXCLUDED.forks, votes = EXCLUDED.votes, trending_score = EXCLUDED.trending_score
+    WHERE (m.views, m.copies, m.saves, m.forks, m.votes, m.trending_score)
           IS DISTINCT FROM (EXCLUDED.views, EXCLUDED.copies, EXCLUDED.saves, EXCLUDED.forks,
-                            EXCLUDED.votes)
+                            EXCLUDED.votes, EXCLUDED.trending_score)
     RETURNING 1
 ),
 removed AS (
@@ -140,29 +164,53 @@ removed AS (
 )
 SELECT count(*) FROM staged;
 
--- name: rollup_apply_author_day(run_id, day)$
--- Replace the day's author rows with the staged ones, exactly.
-WITH staged AS (
-    SELECT s.* FROM rollup_stage_author s
+-- name: rollup_apply_author_day(run_id, run_days, day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
+-- Replace the day's author rows with the staged ones and their trending scores, exactly.
+WITH src AS (
+    SELECT s.author_id, s.day, s.views, s.copies, s.saves, s.forks, s.votes
+    FROM rollup_stage_author s
+    WHERE s.run_id = :run_id AND s.day > :day::date - :horizon::int AND s.day <= :day::date
+    UNION ALL
+    SELECT m.author_id, m.day, m.views, m.copies, m.saves, m.forks, m.votes
+    FROM author_metric_daily m
+    WHERE m.day > :day::date - :horizon::int AND m.day <= :day::date
+      AND m.day <> ALL (:run_days::date[])
+),
+scores AS (
+    SELECT src.author_id,
+           round(sum((:w_view::float8 * src.views + :w_copy::float8 * src.copies
+                      + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
+                      + :w_vote::float8 * src.votes)
+                     * power(2.0::float8, -((:day::date - src.day)::float8) / :half_life::float8)
+                    )::numeric, 6)::float8 AS score
+    FROM src
+    GROUP BY src.author_id
+),
+staged AS (
+    SELECT s.*, coalesce(sc.score, 0) AS trending_score
+    FROM rollup_stage_author s
+    LEFT JOIN scores sc ON sc.author_id = s.author_id
     WHERE s.run_id = :run_id AND s.day = :day::date
       AND EXISTS (SELECT 1 FROM users u WHERE u.id = s.author_id)
 ),
 upserted AS (
     INSERT INTO author_metric_daily AS a (author_id, day, views, copies, saves, forks, votes,
-                                          donations_count, donations_amount_cents)
+                                          donations_count, donations_amount_cents,
+                                          trending_score)
     SELECT author_id, :day::date, views, copies, saves, forks, votes,
-           donations_count, donations_amount_cents
+           donations_count, donations_amount_cents, trending_score
     FROM staged
     ON CONFLICT (author_id, day) DO UPDATE
     SET views = EXCLUDED.views, copies = EXCLUDED.copies, saves = EXCLUDED.saves,
         forks = EXCLUDED.forks, votes = EXCLUDED.votes,
         donations_count = EXCLUDED.donations_count,
-        donations_amount_cents = EXCLUDED.donations_amount_cents
+        donations_amount_cents = EXCLUDED.donations_amount_cents,
+        trending_score = EXCLUDED.trending_score
     WHERE (a.views, a.copies, a.saves, a.forks, a.votes, a.donations_count,
-           a.donations_amount_cents)
+           a.donations_amount_cents, a.trending_score)
           IS DISTINCT FROM (EXCLUDED.views, EXCLUDED.copies, EXCLUDED.saves, EXCLUDED.forks,
                             EXCLUDED.votes, EXCLUDED.donations_count,
-                            EXCLUDED.donations_amount_cents)
+                            EXCLUDED.donations_amount_cents, EXCLUDED.trending_score)
     RETURNING 1
 ),
 removed AS (
@@ -179,6 +227,7 @@ SELECT count(*) FROM staged;
 -- computed from the numbers the whole run will leave.
 
 -- name: rollup_trend_rule_day(run_id, run_days, day, horizon, half_life, w_view, w_copy, w_save, w_fork, w_vote)$
+-- The trending scores of a day that is not itself re-rolled but reads one that is.
 -- score(rule, D) = sum over d in (D - horizon, D] of weighted(d) * 2^(-(D - d) / half_life).
 WITH src AS (
     SELECT s.rule_id, s.day, s.views, s.copies, s.saves, s.forks, s.votes
