@@ -125,6 +125,8 @@ class RollupReport:
     leaderboard_snapshot: int = 0
     trending_updated: int = 0
     duration_ms: float = 0.0
+    stage_ms: float = 0.0
+    apply_ms: float = 0.0
     top: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, result: DayResult) -> None:
@@ -151,6 +153,8 @@ class RollupReport:
             "dryRun": self.dry_run,
             "rowCounts": self.row_counts(),
             "durationMs": self.duration_ms,
+            "stageMs": self.stage_ms,
+            "applyMs": self.apply_ms,
             "top": self.top,
         }
 
@@ -363,7 +367,9 @@ async def _real_run(
     report.run_id = run_id
     try:
         await _stage_in_parallel(pool, run_id=run_id, days=report.days, config=config)
+        report.stage_ms = round((time.perf_counter() - started) * 1000, 1)
         await _apply_in_parallel(pool, run_id=run_id, report=report, config=config)
+        report.apply_ms = round((time.perf_counter() - started) * 1000 - report.stage_ms, 1)
     except BaseException as exc:
         await _finish(pool, report=report, started=started, status="failed", error=repr(exc))
         raise
