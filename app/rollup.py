@@ -367,6 +367,8 @@ async def _real_run(
     report.run_id = run_id
     try:
         await _stage_in_parallel(pool, run_id=run_id, days=report.days, config=config)
+        async with pool.acquire() as conn:
+            await queries.rollup_analyze_stage(conn)
         report.stage_ms = round((time.perf_counter() - started) * 1000, 1)
         await _apply_in_parallel(pool, run_id=run_id, report=report, config=config)
         report.apply_ms = round((time.perf_counter() - started) * 1000 - report.stage_ms, 1)
@@ -492,6 +494,7 @@ async def _dry_run_days(
         await queries.rollup_lock_day(conn, day=day)
     for day in report.days:
         await stage_day(conn, run_id=run_id, day=day)
+    await queries.rollup_analyze_stage(conn)
     for day in every_day:
         report.add(
             await roll_day(conn, run_id=run_id, run_days=report.days, day=day, config=config)

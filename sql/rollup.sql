@@ -2,8 +2,14 @@
 -- A "day" is a UTC calendar day: events with day <= ts < day + 1, both as UTC midnights.
 
 -- name: rollup_set_work_mem(work_mem)$
--- For the rest of the caller's transaction only.
-SELECT set_config('work_mem', :work_mem::text, true);
+-- For the rest of the caller's transaction only. Every rollup statement is a bulk join: a
+-- nested loop is never the right plan, but a misestimate of the scratch tables can pick one
+-- (seconds instead of milliseconds), so they are ruled out. JIT compiling costs more than
+-- these sub-second statements gain from it (and ruling out nested loops inflates costs past
+-- jit_above_cost), so it is off too.
+SELECT set_config('work_mem', :work_mem::text, true),
+       set_config('enable_nestloop', 'off', true),
+       set_config('jit', 'off', true);
 
 -- name: rollup_lock_day(day)$
 -- Serializes every rollup (task, HTTP dry run, CLI) that writes or reads-to-write this day;
@@ -37,6 +43,11 @@ author_rows AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM rule_rows) + (SELECT count(*) FROM author_rows);
+
+-- name: rollup_analyze_stage#
+-- Fresh statistics once the stage is filled: the planner otherwise takes the (unlogged,
+-- never auto-analyzed in time) scratch tables for nearly empty and picks nested loops.
+ANALYZE rollup_stage_rule, rollup_stage_author;
 
 -- name: rollup_stage_rule_day(run_id, day, view_cap)$
 -- The one expensive statement: one day of events (the BRIN index on ts finds its blocks),
