@@ -140,3 +140,27 @@ class RebuildNotQueued(IngestError):
 
     status = 503
     code = "rebuild_not_queued"
+
+
+class StripeSignatureInvalid(BadRequest):
+    """The Stripe-Signature header is missing or does not verify against any webhook secret."""
+
+    code = "invalid_stripe_signature"
+
+
+class StripeEventInvalid(BadRequest):
+    """The signed body is not a Stripe event (JSON object with id, type, created, data)."""
+
+    code = "invalid_stripe_event"
+
+
+class StripeEventNotFound(NotFound):
+    """No such Stripe event in the inbox."""
+
+    code = "stripe_event_not_found"
+
+
+class StripeEventUnmapped(IngestError):
+    """The Stripe event names no payment this service knows yet; it will be retried."""
+
+    code = "stripe_event_unmapped"

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1, le=64)
 
     # --- stripe ---
+    # Oldest accepted Stripe-Signature timestamp, in seconds (Stripe's own default).
+    stripe_webhook_tolerance_s: int = Field(default=300, ge=1)
+    # A donation row locked longer than this fails the attempt, which is retried.
+    stripe_lock_timeout_ms: int = Field(default=5000, ge=1)
+    # Inbox rows younger than this are left to the job deferred by the webhook itself.
+    stripe_sweep_grace_s: float = Field(default=60.0, ge=0)
 
     # --- crawl and search ---
 

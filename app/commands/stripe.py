@@ -1,0 +1,84 @@
+"""`ingest stripe`: replay one stored event, or list the inbox rows not yet processed.
+
+    ingest stripe pending [--limit 50]
+    ingest stripe replay evt_1Q...
+
+`replay` applies the stored event in this process, even when it was processed already: the
+merge into `donations` is idempotent, so a replay repairs and never double counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+
+from app import stripe_inbox
+from app.commands._common import database_url
+from app.db import create_pool
+from app.settings import Settings
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+async def _replay(settings: Settings, event_id: str) -> stripe_inbox.ProcessResult:
+    pool = await create_pool(database_url(settings), min_size=1, max_size=2)
+    try:
+        return await stripe_inbox.process_stored_event(
+            pool,
+            event_id=event_id,
+            actor=_actor(),
+            timeout=settings.db_acquire_timeout_s,
+            lock_timeout_ms=settings.stripe_lock_timeout_ms,
+            force=True,
+        )
+    finally:
+        await pool.close()
+
+
+async def _pending(settings: Settings, limit: int) -> list[dict[str, object]]:
+    pool = await create_pool(database_url(settings), min_size=1, max_size=1)
+    try:
+        async with pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
+            return await stripe_inbox.pending_events(conn, limit=limit)
+    finally:
+        await pool.close()
+
+
+def _print_pending(rows: list[dict[str, object]]) -> None:
+    if not rows:
+        print("no unprocessed Stripe events")
+        return
+    for row in rows:
+        problem = row["error"] or "not yet tried"
+        print(
+            f"{row['id']}  {row['type']}  received={row['received_at']}  "
+            f"waiting={row['waiting']}  attempts={row['attempts']}  "
+            f"outcome={row['outcome'] or '-'}  {problem}"
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if args.action == "replay":
+        result = asyncio.run(_replay(settings, args.event_id))
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        _print_pending(asyncio.run(_pending(settings, args.limit)))
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("stripe", help="Stripe inbox: replay an event, list pending")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    replay = actions.add_parser("replay", help="re-process one stored event (idempotent)")
+    replay.add_argument("event_id", help="the Stripe event id, evt_...")
+    pending = actions.add_parser("pending", help="list unprocessed or failed inbox rows")
+    pending.add_argument("--limit", type=int, default=50)
+    parser.set_defaults(func=_run)
