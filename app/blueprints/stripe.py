@@ -12,7 +12,7 @@ from sanic.response import HTTPResponse
 
 from app import metrics, stripe_inbox
 from app.db import transaction
-from app.errors import StripeEventInvalid, StripeSignatureInvalid
+from app.errors import DatabaseUnavailable, StripeEventInvalid, StripeSignatureInvalid
 from app.http.render import json_response
 from jobs.stripe import defer_processing
 
@@ -38,13 +38,7 @@ async def stripe_webhook(request: Request) -> HTTPResponse:
         )
     except (StripeSignatureInvalid, StripeEventInvalid) as exc:
         metrics.WEBHOOKS.labels("unverified", "rejected").inc()
-        await stripe_inbox.record_rejection(
-            request.app.ctx.pool,
-            error=exc,
-            body_bytes=len(body),
-            request_id=request.ctx.request_id,
-            timeout=timeout,
-        )
+        await _audit_rejection(request, exc, len(body))
         raise
     async with transaction(request.app.ctx.pool, timeout=timeout) as conn:
         receipt = await stripe_inbox.store_event(
@@ -54,6 +48,25 @@ async def stripe_webhook(request: Request) -> HTTPResponse:
     if not receipt.processed:
         await _defer(request, event.id)
     return json_response(receipt.as_json())
+
+
+async def _audit_rejection(
+    request: Request, error: StripeSignatureInvalid | StripeEventInvalid, body_bytes: int
+) -> None:
+    """Audit the refusal; with the database down, the 400 still stands (nothing was stored)."""
+    try:
+        await stripe_inbox.record_rejection(
+            request.app.ctx.pool,
+            error=error,
+            body_bytes=body_bytes,
+            request_id=request.ctx.request_id,
+            timeout=request.app.ctx.settings.db_acquire_timeout_s,
+        )
+    except DatabaseUnavailable:
+        logger.warning(
+            "Stripe webhook refused; audit row not written (database unavailable)",
+            extra={"request_id": request.ctx.request_id, "code": error.code},
+        )
 
 
 async def _defer(request: Request, event_id: str) -> None:
