@@ -15,7 +15,7 @@ from sanic.response import HTTPResponse
 from app import metrics
 from app.blueprints import all_blueprints
 from app.db import UNAVAILABLE_ERRORS, create_pool
-from app.http import middleware
+from app.http import middleware, openapi
 from app.http.errors import JsonErrorHandler
 from app.logs import logging_config
 from app.settings import Settings
@@ -41,7 +41,6 @@ def create_app(
     app.config.REQUEST_MAX_SIZE = MAX_BODY_BYTES
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.ACCESS_LOG = False
-    app.config.OAS = False
     app.ctx.settings = settings
     app.ctx.run_worker = run_worker
     app.error_handler = JsonErrorHandler()
@@ -49,9 +48,24 @@ def create_app(
     app.on_response(_count_request, priority=50)
     for bp in all_blueprints():
         app.blueprint(bp)
+    openapi.configure(app)
+    app.main_process_ready(_stop_waiting_for_acks_on_shutdown)
     app.before_server_start(_open_resources)
     app.after_server_stop(_close_resources)
     return app
+
+
+def _stop_waiting_for_acks_on_shutdown(app: Sanic) -> None:
+    """Let a SIGTERM that lands while Sanic waits for its workers' start-up acks stop the server.
+
+    Sanic's manager loops until every worker has acked; a shutdown signal in that window
+    terminates the workers, which then never ack, and the main process spins forever (seen
+    with a SIGTERM right after the first healthy answer). Counting "shutting down" as acked
+    lets the manager go on to its normal join and stop.
+    """
+    manager = app.manager
+    all_acked = manager._all_workers_ack
+    manager._all_workers_ack = lambda: manager._shutting_down or all_acked()  # type: ignore[method-assign]
 
 
 def _count_request(request: Request, response: HTTPResponse) -> None:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from sanic import Request
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse
 
@@ -25,6 +25,8 @@ _SANIC_CODES = {
     416: "range_not_satisfiable",
     503: "service_unavailable",
 }
+# nginx's code for "the client closed the connection before the answer": nobody reads it.
+CLIENT_CLOSED = 499
 
 
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
@@ -57,6 +59,16 @@ class JsonErrorHandler(ErrorHandler):
             details, headers = exception.details, dict(exception.headers)
             if isinstance(exception, DatabaseUnavailable):
                 headers.setdefault("retry-after", str(request.app.ctx.settings.retry_after_s))
+        elif isinstance(exception, RequestCancelled):
+            # The caller hung up; the request's transaction was rolled back with it.
+            logger.info(
+                "client closed the connection before the answer",
+                extra={"request_id": getattr(request.ctx, "request_id", None)},
+            )
+            return json_response(
+                error_body("client_closed", "the client closed the connection"),
+                status=CLIENT_CLOSED,
+            )
         elif isinstance(exception, SanicException):
             status, code, message = _from_sanic(request, exception)
         else:

@@ -78,11 +78,14 @@ def test_local_mode_starts_embedded_postgres_and_stops_it_on_sigterm(tmp_path: P
         assert (pgdata / "postmaster.pid").exists()
         secrets = (tmp_path / "data" / "local-secrets.json").read_text()
         assert "INGEST_APP_TOKEN" in secrets
+        # Straight after the first healthy answer: Sanic may still be waiting for its workers'
+        # start-up acks, a window where a signal once left the main process spinning.
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, output
     assert "INGEST_APP_TOKEN=" in output  # printed for the newcomer
     assert "embedded PostgreSQL stopped" in output
