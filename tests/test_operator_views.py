@@ -19,7 +19,8 @@ async def test_audit_views_group_and_filter(pool: asyncpg.Pool) -> None:
         )
         await audit.record(conn, actor="worker", action="stripe.effect", details={"error": "boom"})
         await conn.execute(
-            "INSERT INTO audit_log (at, actor, action) VALUES (now() - interval '2 days', 'old', 'x')"
+            "INSERT INTO audit_log (at, actor, action)"
+            " VALUES (now() - interval '2 days', 'old', 'x')"
         )
     recent = await pool.fetch("SELECT actor FROM audit_recent")
     assert "old" not in {r["actor"] for r in recent} and len(recent) == 4
