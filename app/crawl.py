@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from app import audit
+from app import audit, metrics
 from app.db import queries
 from app.errors import BadRequest, NotFound, SourceNameTaken, SourceWithoutCurator, UnknownSource
 
@@ -310,6 +310,9 @@ async def import_items(
         request_id=request_id,
         details={"items": len(items.accepted) + len(items.rejected), **report.counts()},
     )
+    for outcome, count in report.counts().items():
+        if count:
+            metrics.CRAWL_ITEMS.labels(outcome).inc(count)
     return report
 
 

@@ -46,11 +46,6 @@ RATE_LIMITED = Counter("ingest_rate_limited_total", "Requests refused by a rate 
 POOL_CONNECTIONS = Gauge(
     "ingest_db_pool_connections", "asyncpg pool connections", ["state"], multiprocess_mode="livesum"
 )
-ROLLUP_DURATION = Histogram(
-    "ingest_rollup_duration_seconds",
-    "Rollup run duration",
-    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
-)
 
 
 def observe_pool(pool: asyncpg.Pool) -> None:
@@ -68,12 +63,21 @@ async def database_gauges(conn: asyncpg.Connection) -> list[GaugeMetricFamily]:
     )
     async for row in queries.jobs_queue_depth(conn):
         depth.add_metric([row["queue_name"], row["status"]], row["jobs"])
-    rollup = await queries.metrics_last_rollup(conn)
+    runs = await queries.metrics_rollup_runs(conn)
     last = GaugeMetricFamily(
-        "ingest_rollup_last_success_timestamp_seconds", "When the last rollup run finished"
+        "ingest_rollup_last_success_timestamp_seconds",
+        "When the last successful rollup run finished (0: never)",
     )
-    last.add_metric([], rollup["finished"] if rollup and rollup["finished"] else 0)
-    return [depth, last]
+    last.add_metric([], runs["finished"] or 0)
+    duration = GaugeMetricFamily(
+        "ingest_rollup_last_duration_seconds", "How long the last successful rollup run took"
+    )
+    duration.add_metric([], float(runs["duration_s"] or 0))
+    failed = GaugeMetricFamily(
+        "ingest_rollup_failed_runs_last_day", "Rollup runs that failed in the last 24 hours"
+    )
+    failed.add_metric([], runs["failed_last_day"])
+    return [depth, last, duration, failed]
 
 
 class _Static:

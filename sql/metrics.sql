@@ -1,5 +1,12 @@
--- name: metrics_last_rollup()^
--- Finish time (epoch seconds) of the last successful rollup run, from the audit trail.
-SELECT extract(epoch FROM max(at))::float8 AS finished
-FROM audit_log
-WHERE action = 'rollup.run';
+-- name: metrics_rollup_runs()^
+-- The last successful rollup run (finish time in epoch seconds, duration) and failed runs in the
+-- last day, from rollup_runs: the same figures whichever process ran the rollup.
+SELECT extract(epoch FROM s.finished_at)::float8 AS finished,
+       s.duration_ms / 1000.0 AS duration_s,
+       (SELECT count(*) FROM rollup_runs
+        WHERE status = 'failed' AND started_at > now() - interval '1 day') AS failed_last_day
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+    SELECT finished_at, duration_ms FROM rollup_runs
+    WHERE status = 'succeeded' ORDER BY finished_at DESC NULLS LAST LIMIT 1
+) AS s ON true;

@@ -37,3 +37,40 @@ async def test_metrics_token_is_enforced_when_configured(
     ok = await running.client.get("/metrics", headers={"authorization": "Bearer m-tok"})
     assert ok.status_code == 200
     assert "m-tok" not in ok.text
+
+
+async def test_metrics_report_rollup_runs_from_the_database(
+    http: httpx.AsyncClient, pool: Any
+) -> None:
+    await pool.execute(
+        "INSERT INTO rollup_runs (actor, status, end_day, days, started_at, finished_at,"
+        " duration_ms) VALUES"
+        " ('job:1', 'succeeded', '2026-11-01', '{2026-11-01}', to_timestamp(1790000000),"
+        "  to_timestamp(1790000012.5), 12500),"
+        " ('job:2', 'failed', '2026-11-02', '{2026-11-02}', now(), now(), 10)"
+    )
+    text = (await http.get("/metrics")).text
+    assert "ingest_rollup_last_success_timestamp_seconds 1.7900000125e+09" in text
+    assert "ingest_rollup_last_duration_seconds 12.5" in text
+    assert "ingest_rollup_failed_runs_last_day 1.0" in text
+
+
+async def test_metrics_count_crawl_items_by_outcome(http: httpx.AsyncClient, pool: Any) -> None:
+    from tests.conftest import APP_HEADERS
+    from tests.test_crawl import add_source
+
+    def counted(text: str, outcome: str) -> float:
+        prefix = f'ingest_crawl_items_total{{outcome="{outcome}"}} '
+        found = [line for line in text.splitlines() if line.startswith(prefix)]
+        return float(found[0].removeprefix(prefix)) if found else 0.0
+
+    # Counters live as long as the process: compare before and after.
+    before = (await http.get("/metrics")).text
+    source_id, _ = await add_source(pool)
+    item = {"externalId": "m-1", "url": "https://example.com/m-1", "title": "Metrics rule"}
+    body = {"sourceId": source_id, "items": [item, {"externalId": "m-2"}]}
+    response = await http.post("/ingest/crawl", json=body, headers=APP_HEADERS)
+    assert response.status_code == 200, response.text
+    after = (await http.get("/metrics")).text
+    assert counted(after, "created") - counted(before, "created") == 1
+    assert counted(after, "rejected") - counted(before, "rejected") == 1
