@@ -33,6 +33,8 @@ logger = logging.getLogger("ingest.stripe")
 
 UNVERIFIED_ACTOR = "stripe:unverified"
 MAX_ERROR_LENGTH = 1000
+# Stripe's ids and type names are a few dozen characters; a primary key cannot hold megabytes.
+MAX_ID_LENGTH = 255
 
 # Why a signature was refused, most telling first: with several secrets (rotation), the
 # reason kept is the most telling one any secret gave.
@@ -136,12 +138,18 @@ def _event_from_body(body: bytes, secret: str) -> VerifiedEvent:
         raise StripeEventInvalid("the signed body is not a Stripe event (no id or type)")
     if not isinstance(created, int) or isinstance(created, bool):
         raise StripeEventInvalid("the signed body is not a Stripe event (no created time)")
+    if len(event_id) > MAX_ID_LENGTH or len(event_type) > MAX_ID_LENGTH:
+        raise StripeEventInvalid(f"the event id and type are at most {MAX_ID_LENGTH} characters")
+    try:
+        created_at = datetime.fromtimestamp(created, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise StripeEventInvalid("the event's created time is out of range") from exc
     assert isinstance(payload, dict)
     livemode = payload.get("livemode")
     return VerifiedEvent(
         id=event_id,
         type=event_type,
-        created=datetime.fromtimestamp(created, UTC),
+        created=created_at,
         livemode=livemode if isinstance(livemode, bool) else None,
         payload=payload,
         secret_fingerprint=fingerprint(secret),

@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
+from sanic_ext import openapi
 
-from app.crawl import MAX_BODY_BYTES, CrawlBatch, import_items, validate_items
+from app.crawl import MAX_BODY_BYTES, MAX_ITEMS, CrawlBatch, CrawlItem, import_items, validate_items
 from app.db import transaction
+from app.http.openapi import (
+    APP_TOKEN,
+    ResponseModel,
+    component,
+    error_responses,
+    json_body,
+    json_response_of,
+)
 from app.http.render import json_response, parse_body
 
 bp = Blueprint("crawl")
+
+
+class RejectedItem(ResponseModel):
+    index: int = Field(description="position in `items`")
+    reason: str = Field(description="the item's field errors, or a duplicate externalId")
+
+
+class ItemOutcome(ResponseModel):
+    index: int
+    external_id: str
+    status: Literal["created", "updated", "unchanged"]
+    rule_id: str | None
+
+
+class CrawlReport(ResponseModel):
+    source_id: str
+    created: int
+    updated: int
+    unchanged: int
+    rejected: list[RejectedItem]
+    items: list[ItemOutcome]
+
+
+CRAWL_ITEMS = {
+    "description": f"1 to {MAX_ITEMS} items. Each is validated on its own: one that is not a "
+    "`CrawlItem` is listed in `rejected` and the others are imported.",
+    "items": {"anyOf": [component(CrawlItem), {}]},
+}
 
 
 @bp.post(
@@ -17,6 +57,15 @@ bp = Blueprint("crawl")
     ctx_credential="app",
     ctx_body_limit=MAX_BODY_BYTES,
     ctx_rate_limit="crawl",
+)
+@openapi.definition(
+    summary="Import a partner source's rules",
+    body=json_body(CrawlBatch, properties={"items": CRAWL_ITEMS}),
+    response=[
+        json_response_of(200, CrawlReport, "Imported; per-item outcomes and rejections"),
+        *error_responses(400, 401, 403, 404, 409, 413, 415, 429, 503),
+    ],
+    secured=APP_TOKEN,
 )
 async def ingest_crawl(request: Request) -> HTTPResponse:
     """200 with counts and per-item outcomes; invalid items are listed, not fatal."""

@@ -3,24 +3,77 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
+from sanic_ext import openapi
 
 from app.client_ip import forwarded_or_peer
 from app.errors import ValidationFailed
 from app.events import (
     MAX_BODY_BYTES,
+    MAX_EVENTS,
+    MAX_IDEMPOTENCY_KEY_CHARS,
     EventBatch,
     check_batch_size,
     ip_hasher,
     prepare_batch,
     store_batch,
 )
+from app.http.openapi import (
+    APP_TOKEN,
+    ResponseModel,
+    component,
+    error_responses,
+    json_body,
+    json_response_of,
+)
 from app.http.render import json_response, read_json, validation_details
 
 bp = Blueprint("events")
+
+SITE_ID = r"^[A-Za-z0-9_\-]{1,128}$"
+
+
+class Event(BaseModel):
+    """One event as the main API sends it. Documentation only: `app.events` checks each event
+    on its own, and one that does not fit is listed in `rejected`, not refused with a 400."""
+
+    type: Literal["VIEW", "COPY", "SAVE", "FORK", "VOTE"]
+    rule_id: str = Field(alias="ruleId", pattern=SITE_ID)
+    user_id: str | None = Field(default=None, alias="userId", pattern=SITE_ID)
+    ts: AwareDatetime | None = Field(
+        default=None, description="at most 30 days old, at most 5 minutes ahead; default: now"
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="idempotencyKey",
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+        description="the event counts once however often it is sent",
+    )
+    ip: str | None = Field(default=None, description="the end user's IP; default: the caller's")
+
+
+class RejectedEvent(ResponseModel):
+    index: int = Field(description="position in `events`")
+    reason: str = Field(description="unknown_type, invalid_rule_id, unknown_rule, ts_too_old, ...")
+
+
+class EventIngestReport(ResponseModel):
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedEvent]
+
+
+EVENTS_ITEMS = {
+    "maxItems": MAX_EVENTS,
+    "description": f"1 to {MAX_EVENTS} events (more is a 413). Each is checked on its own: "
+    "one that is not an `Event` is listed in `rejected` and the others are stored.",
+    "items": {"anyOf": [component(Event), {}]},
+}
 
 
 @bp.post(
@@ -28,6 +81,15 @@ bp = Blueprint("events")
     ctx_credential="app",
     ctx_body_limit=MAX_BODY_BYTES,
     ctx_rate_limit="events",
+)
+@openapi.definition(
+    summary="Store a batch of engagement events",
+    body=json_body(EventBatch, properties={"events": EVENTS_ITEMS}),
+    response=[
+        json_response_of(202, EventIngestReport, "Stored; duplicates and rejections counted"),
+        *error_responses(400, 401, 403, 413, 415, 429, 503),
+    ],
+    secured=APP_TOKEN,
 )
 async def ingest_events(request: Request) -> HTTPResponse:
     """202 with `accepted`, `duplicates` and the index and reason of every rejected event."""

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Literal
 
+from pydantic import AwareDatetime
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
+from sanic_ext import openapi
 
 from app import __version__
 from app.db import UNAVAILABLE_ERRORS, ping
+from app.http.openapi import ResponseModel, json_response_of
 from app.http.render import json_response
 
 bp = Blueprint("health")
@@ -17,7 +21,28 @@ bp = Blueprint("health")
 HEALTH_DB_TIMEOUT_S = 2.0
 
 
+class DatabaseHealth(ResponseModel):
+    reachable: bool
+    latency_ms: float | None
+
+
+class Health(ResponseModel):
+    """Liveness and database reachability."""
+
+    status: Literal["ok", "degraded"]
+    timestamp: AwareDatetime
+    database: DatabaseHealth
+    version: str
+
+
 @bp.get("/health")
+@openapi.definition(
+    summary="Liveness and database reachability (no credential; browsers allowed)",
+    response=[
+        json_response_of(200, Health, "The service and its database answer"),
+        json_response_of(503, Health, "The database does not answer within two seconds"),
+    ],
+)
 async def health(request: Request) -> HTTPResponse:
     """200 when the database answers within two seconds, 503 otherwise."""
     try:

@@ -4,18 +4,34 @@ from __future__ import annotations
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
+from sanic_ext import openapi
 
 from app import metrics
 from app.db import UNAVAILABLE_ERRORS
 from app.errors import Unauthorized
 from app.http.auth import matches_any
+from app.http.openapi import METRICS_TOKEN_SCHEME, error_responses
 from app.settings import split_secret
 
 bp = Blueprint("metrics")
 
 
 @bp.get("/metrics")
+@openapi.definition(
+    summary="Prometheus exposition (bearer METRICS_TOKEN when it is set)",
+    response=[
+        {
+            "status": 200,
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text format 0.0.4",
+        },
+        *error_responses(401, 403),
+    ],
+)
+@openapi.secured({METRICS_TOKEN_SCHEME: []})
+@openapi.secured({})
 async def scrape(request: Request) -> HTTPResponse:
+    """Process, request and database metrics; served while the database is down too."""
     settings = request.app.ctx.settings
     accepted = split_secret(settings.metrics_token)
     if accepted:

@@ -3,30 +3,78 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
+from sanic_ext import openapi
 
 from app import audit, rollup
 from app.db import transaction
+from app.http.openapi import (
+    CRON_SECRET,
+    JobQueued,
+    ResponseModel,
+    error_responses,
+    json_body,
+    json_response_of,
+)
 from app.http.render import json_response, parse_body
 from jobs.rollup import defer_rollup
 
 bp = Blueprint("rollup")
 
 BODY_LIMIT = 4096
+# Days a rollup can be asked for: none before the site, and room for the date arithmetic of
+# windows and horizons (Python dates end at 9999-12-31).
+FIRST_DAY = dt.date(2000, 1, 1)
+LAST_DAY = dt.date(9999, 12, 1)
 
 
 class RollupRequest(BaseModel):
+    """An empty body is `{}`: the last 7 days up to today (UTC), queued."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    date: dt.date | None = None
+    date: dt.date | None = Field(
+        default=None,
+        ge=FIRST_DAY,
+        le=LAST_DAY,
+        description=f"last day rolled up, {FIRST_DAY} to {LAST_DAY}; default today (UTC)",
+    )
     dry_run: bool = Field(default=False, alias="dryRun")
     days_to_process: int = Field(default=7, ge=1, le=30, alias="daysToProcess")
 
 
+class RollupDryRun(ResponseModel):
+    """What the rollup would write, computed and rolled back."""
+
+    status: Literal["dry_run"]
+    run_id: int | None
+    end_day: dt.date
+    days: list[dt.date]
+    refreshed_days: list[dt.date]
+    skipped_days: list[dt.date]
+    dry_run: bool
+    row_counts: dict[str, int]
+    duration_ms: float
+    stage_ms: float
+    apply_ms: float
+    top: list[dict[str, Any]]
+
+
 @bp.post("/cron/rollup", ctx_credential="cron", ctx_body_limit=BODY_LIMIT)
+@openapi.definition(
+    summary="Queue the daily rollup, or compute a dry run",
+    body=json_body(RollupRequest, required=False),
+    response=[
+        json_response_of(202, JobQueued, "The rollup job is queued (or already waiting)"),
+        json_response_of(200, RollupDryRun, "Dry run: the report of a rolled-back run"),
+        *error_responses(400, 401, 403, 413, 415, 503),
+    ],
+    secured=CRON_SECRET,
+)
 async def trigger_rollup(request: Request) -> HTTPResponse:
     """202 with the queued job (the waiting one when one waits); dry run: 200 with the report."""
     body = parse_body(request, RollupRequest, empty_ok=True)

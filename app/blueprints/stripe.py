@@ -6,14 +6,25 @@ No x-app-token here (Stripe cannot send one): the Stripe-Signature header is the
 from __future__ import annotations
 
 import logging
+from typing import Any, Literal
 
+import orjson
+from pydantic import BaseModel, Field, StrictInt
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
+from sanic_ext import openapi
 
 from app import metrics, stripe_inbox
 from app.db import transaction
 from app.errors import DatabaseUnavailable, StripeEventInvalid, StripeSignatureInvalid
-from app.http.render import json_response
+from app.http.openapi import (
+    STRIPE_SIGNATURE,
+    ResponseModel,
+    error_responses,
+    json_body,
+    json_response_of,
+)
+from app.http.render import json_response, unstorable
 from jobs.stripe import defer_processing
 
 bp = Blueprint("stripe")
@@ -23,13 +34,45 @@ logger = logging.getLogger("ingest.stripe")
 MAX_BODY_BYTES = 1024 * 1024
 
 
+class StripeEvent(BaseModel):
+    """A Stripe event as Stripe sends it. Verified on the raw body (`stripe_inbox.
+    verify_webhook`), which needs exactly these fields; the rest is stored as sent."""
+
+    id: str = Field(min_length=1, max_length=stripe_inbox.MAX_ID_LENGTH, description="evt_...")
+    type: str = Field(
+        max_length=stripe_inbox.MAX_ID_LENGTH,
+        description="e.g. checkout.session.completed, charge.refunded",
+    )
+    created: StrictInt = Field(
+        ge=-62135596800, le=253402300799, description="Unix time (years 1 to 9999)"
+    )
+    livemode: bool | None = None
+    data: dict[str, Any] | None = None
+
+
+class WebhookReceipt(ResponseModel):
+    received: Literal[True]
+    event_id: str
+    duplicate: bool = Field(description="this event was already in the inbox")
+
+
 @bp.post("/ingest/stripe/webhook", ctx_body_limit=MAX_BODY_BYTES)
+@openapi.definition(
+    summary="Receive a Stripe webhook delivery",
+    body=json_body(StripeEvent),
+    response=[
+        json_response_of(200, WebhookReceipt, "Committed to the inbox (a redelivery too)"),
+        *error_responses(400, 403, 413, 503),
+    ],
+    secured=STRIPE_SIGNATURE,
+)
 async def stripe_webhook(request: Request) -> HTTPResponse:
     """200 once the event is committed to the inbox (a redelivery too); 400 when unverified."""
     settings = request.app.ctx.settings
     timeout = settings.db_acquire_timeout_s
     body = request.body or b""
     try:
+        _refuse_unstorable(body)
         event = stripe_inbox.verify_webhook(
             body,
             request.headers.get("stripe-signature"),
@@ -48,6 +91,18 @@ async def stripe_webhook(request: Request) -> HTTPResponse:
     if not receipt.processed:
         await _defer(request, event.id)
     return json_response(receipt.as_json())
+
+
+def _refuse_unstorable(body: bytes) -> None:
+    """NUL characters or nesting past what jsonb is written with: not a Stripe event, whatever
+    the signature (checked first: Stripe's own parser would overflow the stack on deep JSON)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return  # verification reports it
+    reason = unstorable(body, data)
+    if reason is not None:
+        raise StripeEventInvalid(reason)
 
 
 async def _audit_rejection(

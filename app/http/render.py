@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import orjson
@@ -12,6 +13,10 @@ from sanic.response import HTTPResponse
 from app.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
+
+# orjson writes (jsonb parameters, content hashes) at most this many nested arrays and objects.
+MAX_JSON_DEPTH = 254
+_NUL_ESCAPE = b"\\u0000"
 
 
 def json_response(
@@ -25,18 +30,60 @@ def json_response(
     )
 
 
+def _strings(data: Any) -> Iterator[str]:
+    """Every string in a parsed JSON document, object keys included (iterative: any depth)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            yield from value.keys()
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def unstorable(body: bytes, data: Any) -> str | None:
+    """Why a parsed JSON body could not be stored, or None.
+
+    PostgreSQL text and jsonb cannot hold NUL (`\\u0000`), and jsonb values are written with
+    orjson, which stops at MAX_JSON_DEPTH levels: refused once here, for every JSON body,
+    rather than failing in the database half-way through a request. Both checks are cheap
+    unless the raw body hints at the problem (a NUL escape, many brackets).
+    """
+    if _NUL_ESCAPE in body and any("\x00" in text for text in _strings(data)):
+        return (
+            "a string in the request body contains a NUL character (\\u0000), which "
+            "PostgreSQL cannot store"
+        )
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
+        try:
+            orjson.dumps(data)
+        except orjson.JSONEncodeError:
+            return f"the request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+    return None
+
+
 def read_json(request: Request) -> Any:
-    """The request body as JSON; a non-JSON content type is 415, unparsable JSON is 400."""
+    """The request body as JSON; a non-JSON content type is 415, unparsable JSON is 400.
+
+    Duplicate keys in an object: the last one wins (orjson, like most JSON parsers)."""
     content_type = request.headers.get("content-type", "application/json")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType()
-    if not request.body:
+    body = request.body
+    if not body:
         raise BadRequest("the request body is empty; a JSON object is expected")
     try:
-        return orjson.loads(request.body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc.msg}") from exc
+    reason = unstorable(body, data)
+    if reason is not None:
+        raise BadRequest(reason)
+    return data
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
