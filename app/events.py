@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
 from app.client_ip import IpHasher
-from app.db import queries, transaction
-from app.errors import PayloadTooLarge
+from app.db import UNAVAILABLE_ERRORS, queries
+from app.errors import DatabaseUnavailable, PayloadTooLarge
 
 MAX_EVENTS = 500
 MAX_BODY_BYTES = 1024 * 1024
@@ -91,7 +91,7 @@ def _parse_ts(value: Any, now: datetime) -> datetime | str:
     """The event's instant, or the rejection reason."""
     if value is None:
         return now
-    if not isinstance(value, str):
+    if type(value) is not str:
         return "invalid_ts"
     try:
         ts = datetime.fromisoformat(value)
@@ -106,28 +106,25 @@ def _parse_ts(value: Any, now: datetime) -> datetime | str:
     return ts
 
 
-def _event_ip_hash(event: dict[str, Any], request_ip_hash: str, hasher: IpHasher) -> str | None:
-    ip = event.get("ip")
-    if ip is None:
-        return request_ip_hash
-    return hasher.hash_given(ip) if isinstance(ip, str) else None
+def _is_id(value: Any) -> bool:
+    return type(value) is str and _ID.fullmatch(value) is not None
 
 
 def _reject_reason(event: Any) -> str | None:
     """The first shape problem of one event, or None."""
-    if not isinstance(event, dict):
+    if type(event) is not dict:
         return "invalid_event"
-    if event.get("type") not in EVENT_TYPES:
+    kind = event.get("type")
+    if type(kind) is not str or kind not in EVENT_TYPES:
         return "unknown_type"
-    rule_id = event.get("ruleId")
-    if not isinstance(rule_id, str) or not _ID.fullmatch(rule_id):
+    if not _is_id(event.get("ruleId")):
         return "invalid_rule_id"
     user_id = event.get("userId")
-    if user_id is not None and (not isinstance(user_id, str) or not _ID.fullmatch(user_id)):
+    if user_id is not None and not _is_id(user_id):
         return "invalid_user_id"
     key = event.get("idempotencyKey")
     if key is not None and (
-        not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or "\x00" in key
+        type(key) is not str or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or "\x00" in key
     ):
         return "invalid_idempotency_key"
     return None
@@ -136,16 +133,28 @@ def _reject_reason(event: Any) -> str | None:
 def prepare_batch(
     events: list[Any], *, now: datetime, request_ip_hash: str, hasher: IpHasher
 ) -> PreparedBatch:
-    """Check each event's shape; the first copy of an idempotency key in the batch wins."""
+    """Check each event's shape; the first copy of an idempotency key in the batch wins.
+
+    This runs for every event of every request, so it stays a plain loop over the decoded
+    JSON (a pydantic model per event costs several times more) and appends straight to the
+    parallel arrays the batch statement unnests.
+    """
     batch = PreparedBatch(received=len(events))
     seen_keys: set[str] = set()
+    views: dict[tuple[str, str], int] = {}  # (ip hash, rule) -> position of its first view
     for index, event in enumerate(events):
         reason = _reject_reason(event)
-        ts = _parse_ts(event.get("ts"), now) if reason is None else reason
+        if reason is not None:
+            batch.rejected.append((index, reason))
+            continue
+        ts = _parse_ts(event.get("ts"), now)
         if isinstance(ts, str):
             batch.rejected.append((index, ts))
             continue
-        ip_hash = _event_ip_hash(event, request_ip_hash, hasher)
+        ip = event.get("ip")
+        ip_hash = (
+            request_ip_hash if ip is None else hasher.hash_given(ip) if type(ip) is str else None
+        )
         if ip_hash is None:
             batch.rejected.append((index, "invalid_ip"))
             continue
@@ -155,29 +164,21 @@ def prepare_batch(
                 batch.duplicates += 1
                 continue
             seen_keys.add(key)
+        kind, rule_id = event["type"], event["ruleId"]
+        shared = False
+        if kind == "VIEW":
+            first = views.setdefault((ip_hash, rule_id), len(batch.idx))
+            if first != len(batch.idx):
+                shared = batch.shared_pairs[first] = True
         batch.idx.append(index)
-        batch.types.append(event["type"])
-        batch.rule_ids.append(event["ruleId"])
+        batch.types.append(kind)
+        batch.rule_ids.append(rule_id)
         batch.user_ids.append(event.get("userId"))
         batch.ip_hashes.append(ip_hash)
         batch.tss.append(ts)
         batch.idempotency_keys.append(key)
-    batch.shared_pairs = _shared_pairs(batch)
+        batch.shared_pairs.append(shared)
     return batch
-
-
-def _shared_pairs(batch: PreparedBatch) -> list[bool]:
-    """For each event: is it a VIEW whose (IP, rule) pair has other views in the batch? Only
-    those need the collapsing step in SQL; a lone view goes straight to the upsert."""
-    pairs = Counter(
-        (ip, rule)
-        for kind, ip, rule in zip(batch.types, batch.ip_hashes, batch.rule_ids, strict=True)
-        if kind == "VIEW"
-    )
-    return [
-        kind == "VIEW" and pairs[(ip, rule)] > 1
-        for kind, ip, rule in zip(batch.types, batch.ip_hashes, batch.rule_ids, strict=True)
-    ]
 
 
 async def ingest_batch(
@@ -215,16 +216,24 @@ async def store_batch(
     request_id: str | None,
     timeout: float,
 ) -> IngestReport:
-    """The unit of work of one request: one transaction, run again if it lost a deadlock."""
+    """The unit of work of one request, run again if it lost a deadlock.
+
+    The batch is one statement, and a statement outside BEGIN is its own transaction: it
+    commits or rolls back whole, audit row included. An explicit BEGIN ... COMMIT around it
+    would add two round trips during which the batch's row locks are held while the
+    connection waits for a busy event loop (under load, most of a request's time).
+    """
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            async with transaction(pool, timeout=timeout) as conn:
+            async with pool.acquire(timeout=timeout) as conn:
                 report = await ingest_batch(conn, batch=batch, actor=actor, request_id=request_id)
             break
         except RETRIABLE:
             if attempt == ATTEMPTS:
                 raise
             await asyncio.sleep(0.01 * attempt)
+        except UNAVAILABLE_ERRORS as exc:
+            raise DatabaseUnavailable() from exc
     _count(report)
     return report
 
