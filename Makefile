@@ -32,8 +32,13 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+## Benchmarks against raw PostgreSQL (a few minutes; DATABASE_URL or embedded PostgreSQL).
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## The same sections at toy sizes (about a minute): checks that the benchmark still runs.
+bench-smoke: $(STAMP)
+	BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_RULES=500 BENCH_ROLLUP_EVENTS=30000 $(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,13 +1,17 @@
 -- wrk script: POST /ingest/events with batches shaped like the main API's.
 -- Mostly VIEWs from many client IPs, some events with idempotency keys, a few repeated keys.
--- Environment: BENCH_TOKEN, BENCH_RULES (count of seeded rules), BENCH_BATCH (events per request).
+-- Environment: BENCH_TOKEN, BENCH_RULES (count of seeded rules), BENCH_BATCH (events per request),
+-- BENCH_RUN (makes idempotency keys unique across runs).
+dofile(os.getenv("BENCH_DIR") .. "/report.lua")
 
 local token = os.getenv("BENCH_TOKEN")
 local rules = tonumber(os.getenv("BENCH_RULES") or "10000")
 local batch = tonumber(os.getenv("BENCH_BATCH") or "100")
 local types = {"COPY", "SAVE", "FORK", "VOTE"}
 local counter = 0
-local thread_id = 0
+-- `thread_id` is a global set per thread by setup() (a local here would shadow it and give
+-- every thread the same stream); `run` makes idempotency keys unique across runs.
+local run = os.getenv("BENCH_RUN") or tostring(os.time())
 local threads = {}
 
 function setup(thread)
@@ -29,10 +33,10 @@ local function event(i)
    local key = ""
    local roll = math.random()
    if roll < 0.10 then
-      key = string.format(',"idempotencyKey":"t%d-%d"', thread_id, counter)
+      key = string.format(',"idempotencyKey":"%s-t%d-%d"', run, thread_id, counter)
    elseif roll < 0.12 then
       -- a redelivery of an earlier key from this thread
-      key = string.format(',"idempotencyKey":"t%d-%d"', thread_id, math.max(1, counter - math.random(1, 500)))
+      key = string.format(',"idempotencyKey":"%s-t%d-%d"', run, thread_id, math.max(1, counter - math.random(1, 500)))
    end
    return string.format('{"type":"%s","ruleId":"rul_%d","ip":"%s"%s}', kind, r, ip, key)
 end
@@ -43,11 +47,4 @@ function request()
    local body = '{"events":[' .. table.concat(parts, ",") .. ']}'
    return wrk.format("POST", "/ingest/events",
       {["x-app-token"] = token, ["content-type"] = "application/json"}, body)
-end
-
-function done(summary, latency, requests)
-   local statuses = 0
-   io.write(string.format("BENCH_JSON {\"requests\":%d,\"errors_status\":%d,\"errors_connect\":%d,\"errors_timeout\":%d,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"duration_s\":%.3f}\n",
-      summary.requests, summary.errors.status, summary.errors.connect, summary.errors.timeout,
-      latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.duration / 1e6))
 end

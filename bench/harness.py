@@ -89,18 +89,25 @@ def free_port() -> int:
 class Service:
     process: subprocess.Popen[bytes]
     url: str
+    log_path: Path
     peak_rss: dict[int, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def workers(self) -> list[psutil.Process]:
-        """The Sanic worker processes (children that serve requests)."""
+        """The Sanic worker processes (spawned children, not multiprocessing's helpers)."""
         try:
             children = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [
-            c for c in children if "multiprocessing" not in " ".join(c.cmdline()[:3])
-        ] or children
+        found = []
+        for child in children:
+            try:
+                cmdline = " ".join(child.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            if "resource_tracker" not in cmdline and "semaphore_tracker" not in cmdline:
+                found.append(child)
+        return found
 
     def sample_rss(self) -> None:
         for proc in self.workers():
@@ -127,11 +134,21 @@ class Service:
             self.process.kill()
 
 
+# Raised, not off: the limiter still runs on every request, as it does in production.
+RAISED_RATE_LIMIT = 100_000_000
+
+
 @contextmanager
 def service(
-    db_url: str, *, workers: int, pool_size: int, extra_env: dict[str, str] | None = None
+    db_url: str,
+    *,
+    workers: int,
+    pool_size: int,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Service]:
-    """`ingest serve` in production mode on a free port, rate limits off for the run."""
+    """`ingest serve` in production mode on a free port: default log level (one JSON access
+    line per request, written to `log_dir/service.log`), rate limits raised for the run."""
     port = free_port()
     env = {
         **os.environ,
@@ -141,19 +158,21 @@ def service(
         "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "PORT": str(port),
         "HOST": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        "RATE_LIMIT_EVENTS_PER_MINUTE": "0",
-        "RATE_LIMIT_CRAWL_PER_MINUTE": "0",
+        "LOG_LEVEL": "INFO",
+        "RATE_LIMIT_EVENTS_PER_MINUTE": str(RAISED_RATE_LIMIT),
+        "RATE_LIMIT_CRAWL_PER_MINUTE": str(RAISED_RATE_LIMIT),
         "DB_POOL_MAX_SIZE": str(pool_size),
         **(extra_env or {}),
     }
-    proc = subprocess.Popen(
-        [str(BIN / "ingest"), "serve", "--workers", str(workers)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    svc = Service(proc, f"http://127.0.0.1:{port}")
+    log_path = log_dir / "service.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "ingest"), "serve", "--workers", str(workers)],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    svc = Service(proc, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -164,9 +183,8 @@ def service(
             time.sleep(0.2)
     else:
         proc.kill()
-        raise RuntimeError(
-            "the service did not become healthy: " + proc.stderr.read().decode()[-2000:]
-        )
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the service did not become healthy; its log ends with:\n{tail}")
     svc.start_sampling()
     try:
         yield svc
@@ -204,7 +222,7 @@ def run_wrk(
     threads: int = 2,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run wrk with one of bench/*.lua; return the figures its `done` hook prints."""
+    """Run wrk with one of bench/*.lua; return the figures its `done` hook (report.lua) prints."""
     cmd = [
         ensure_wrk(),
         f"-t{threads}",
@@ -217,7 +235,12 @@ def run_wrk(
     ]
     out = subprocess.run(
         cmd,
-        env={**os.environ, **(env or {})},
+        env={
+            **os.environ,
+            "BENCH_DIR": str(ROOT / "bench"),
+            "BENCH_THREADS": str(threads),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         check=True,
@@ -227,3 +250,11 @@ def run_wrk(
         if line.startswith("BENCH_JSON "):
             return json.loads(line.removeprefix("BENCH_JSON "))
     raise RuntimeError("wrk printed no figures:\n" + out.stdout + out.stderr)
+
+
+async def server_version(db_url: str) -> str:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()

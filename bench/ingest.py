@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from datetime import UTC, datetime
 
 import asyncpg
@@ -57,7 +58,12 @@ def http_batches(
         script="events.lua",
         connections=connections,
         seconds=seconds,
-        env={"BENCH_TOKEN": TOKEN, "BENCH_RULES": str(rules), "BENCH_BATCH": str(batch)},
+        env={
+            "BENCH_TOKEN": TOKEN,
+            "BENCH_RULES": str(rules),
+            "BENCH_BATCH": str(batch),
+            "BENCH_RUN": uuid.uuid4().hex[:8],
+        },
     )
     stored = asyncio.run(count_events(db_url)) - before
     figures["events_stored_per_s"] = stored / figures["duration_s"]
