@@ -138,6 +138,8 @@ async def _run_worker(
             options: dict[str, Any] = {"queues": queues} if queues else {}
             await proc_app.run_worker_async(
                 concurrency=concurrency,
+                update_heartbeat_interval=settings.worker_heartbeat_s,
+                stalled_worker_timeout=settings.jobs_stalled_after_s,
                 additional_context={"resources": Resources(settings=settings, pool=pool)},
                 **options,
             )

@@ -116,6 +116,8 @@ async def _open_resources(app: Sanic) -> None:
                 install_signal_handlers=False,
                 concurrency=settings.worker_concurrency,
                 shutdown_graceful_timeout=WORKER_SHUTDOWN_GRACE_S,
+                update_heartbeat_interval=settings.worker_heartbeat_s,
+                stalled_worker_timeout=settings.jobs_stalled_after_s,
                 additional_context={"resources": resources},
             ),
             name="procrastinate-worker",

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
 
     # --- jobs ---
     worker_concurrency: int = Field(default=2, ge=1, le=64)
+    # A worker silent (no heartbeat) this long is taken as dead and its running jobs are
+    # retried by `retry_stalled_jobs`; workers send a heartbeat every third of it.
+    jobs_stalled_after_s: float = Field(default=30.0, ge=1.0)
+
+    @property
+    def worker_heartbeat_s(self) -> float:
+        """How often a worker proves it is alive: three heartbeats per stalled threshold."""
+        return self.jobs_stalled_after_s / 3
 
     # --- stripe ---
     # Oldest accepted Stripe-Signature timestamp, in seconds (Stripe's own default).

@@ -3,18 +3,18 @@ EVENT_RETENTION_DAYS is set, events older than the retention period."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-from procrastinate import App, JobContext, RetryStrategy
+from procrastinate import App, JobContext, RetryStrategy, exceptions
+from procrastinate.jobs import Job, Status
 
 from app.db import queries
 from jobs.resources import resources_for
 
 logger = logging.getLogger("ingest.jobs.maintenance")
 
-# A worker that has not sent a heartbeat for this long is taken to be dead.
-STALLED_AFTER_S = 30
 FINISHED_JOBS_KEEP_HOURS = 72
 FAILED_JOBS_KEEP_HOURS = 7 * 24
 # Events are accepted up to 30 days old and idempotency keys live on the events, so retention
@@ -24,13 +24,48 @@ EVENT_PURGE_BATCH = 10_000
 
 
 async def retry_stalled_jobs(context: JobContext, timestamp: int) -> int:
-    """Put back in the queue every job whose worker stopped sending heartbeats."""
+    """Put back in the queue every job whose worker stopped sending heartbeats for longer than
+    JOBS_STALLED_AFTER_S (a worker killed mid-job: its job would otherwise stay `doing`)."""
+    res = await resources_for(context)
     manager = context.app.job_manager
-    stalled = list(await manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_S))
+    stalled = list(
+        await manager.get_stalled_jobs(seconds_since_heartbeat=res.settings.jobs_stalled_after_s)
+    )
     for job in stalled:
-        await manager.retry_job(job)
-        logger.warning("retrying stalled job", extra={"job_id": job.id, "task": job.task_name})
+        await _retry_stalled(context.app, job)
     return len(stalled)
+
+
+async def _retry_stalled(app: App, job: Job) -> None:
+    """Back to `todo`; or, when its queueing lock is taken, replaced by a copy of its own.
+
+    A job with the same queueing lock may have been queued while this one was `doing` (the
+    rollup backfill queues a rollup every 10 minutes). Putting this one back then violates the
+    queueing lock, and the waiting job can never start while this one, `doing` forever, holds
+    their shared `lock`: both would be stuck. So the copy is queued under a queueing lock of its
+    own (still one per stalled job), then this one is closed as failed, which frees the lock.
+    """
+    manager = app.job_manager
+    try:
+        await manager.retry_job(job)
+    except exceptions.UniqueViolation:
+        copy = app.configure_task(
+            job.task_name,
+            lock=job.lock,
+            queueing_lock=f"{job.queueing_lock}:stalled:{job.id}",
+            queue=job.queue,
+            priority=job.priority,
+        )
+        # AlreadyEnqueued: an earlier round queued the copy but could not close the job.
+        with contextlib.suppress(exceptions.AlreadyEnqueued):
+            await copy.defer_async(**job.task_kwargs)
+        await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+        logger.warning(
+            "stalled job replaced by a copy: its queueing lock is taken",
+            extra={"job_id": job.id, "task": job.task_name},
+        )
+        return
+    logger.warning("retrying stalled job", extra={"job_id": job.id, "task": job.task_name})
 
 
 async def purge_old_jobs(context: JobContext, timestamp: int | None = None) -> None:
