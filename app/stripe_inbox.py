@@ -178,7 +178,7 @@ def verify_webhook(
         except stripe.SignatureVerificationError as exc:
             reasons.append(_rejection_reason(exc))
             continue
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             # Only parsing is left once the signature verified: a signed non-event.
             raise StripeEventInvalid(f"the signed body is not a Stripe event: {exc}") from exc
         return _event_from_body(body, secret)

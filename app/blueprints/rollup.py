@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
@@ -43,8 +43,8 @@ class RollupRequest(BaseModel):
         le=LAST_DAY,
         description=f"last day rolled up, {FIRST_DAY} to {LAST_DAY}; default today (UTC)",
     )
-    dry_run: bool = Field(default=False, alias="dryRun")
-    days_to_process: int = Field(default=7, ge=1, le=30, alias="daysToProcess")
+    dry_run: StrictBool = Field(default=False, alias="dryRun")
+    days_to_process: StrictInt = Field(default=7, ge=1, le=30, alias="daysToProcess")
 
 
 class RollupDryRun(ResponseModel):

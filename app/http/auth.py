@@ -14,7 +14,8 @@ def matches_any(presented: str | None, accepted: tuple[str, ...]) -> str | None:
     """
     if not presented or not accepted:
         return None
-    given = presented.encode()
+    # Header bytes that are not UTF-8 reach us as surrogate escapes: compare the bytes as sent.
+    given = presented.encode("utf-8", "surrogateescape")
     found = None
     for secret in accepted:
         if hmac.compare_digest(given, secret.encode()):
