@@ -196,14 +196,25 @@ async def apply_day(
 ) -> DayResult:
     """Replace the day's metric rows with the staged ones, then derive its scores."""
     result = DayResult(day=day)
+    await stage_windows(conn, run_id=run_id, run_days=run_days, day=day, config=config)
     source = {"run_id": run_id, "run_days": run_days, "day": day, **config.trend_params()}
-    result.rule_rows = int(await queries.rollup_apply_rule_day(conn, **source))
+    result.rule_rows = int(await queries.rollup_apply_rule_day(conn, run_id=run_id, day=day))
     result.author_rows = int(await queries.rollup_apply_author_day(conn, **source))
-    result.leaderboard_rows = await rebuild_boards(
-        conn, run_id=run_id, run_days=run_days, day=day, config=config
-    )
+    result.leaderboard_rows = await rebuild_boards(conn, run_id=run_id, day=day, config=config)
     await queries.rollup_mark_day(conn, day=day, run_id=run_id)
     return result
+
+
+async def stage_windows(
+    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
+) -> int:
+    """Every rule's window sums and trending score as of `day`, read once for the rule rows
+    and the boards (the run's days from the stage, the others from the metric table)."""
+    return int(
+        await queries.rollup_stage_window_day(
+            conn, run_id=run_id, run_days=run_days, day=day, **config.trend_params()
+        )
+    )
 
 
 async def derive_day(
@@ -216,30 +227,23 @@ async def derive_day(
     result: DayResult,
 ) -> DayResult:
     """Trending scores and every leaderboard of a rolled day that reads a re-rolled one."""
-    source = {"run_id": run_id, "run_days": run_days, "day": day}
-    params = config.trend_params()
-    result.trending_updated = int(await queries.rollup_trend_rule_day(conn, **source, **params))
-    result.trending_updated += int(await queries.rollup_trend_author_day(conn, **source, **params))
-    result.leaderboard_rows = await rebuild_boards(
-        conn, run_id=run_id, run_days=run_days, day=day, config=config
-    )
+    await stage_windows(conn, run_id=run_id, run_days=run_days, day=day, config=config)
+    source = {"run_id": run_id, "run_days": run_days, "day": day, **config.trend_params()}
+    result.trending_updated = int(await queries.rollup_trend_rule_day(conn, run_id=run_id, day=day))
+    result.trending_updated += int(await queries.rollup_trend_author_day(conn, **source))
+    result.leaderboard_rows = await rebuild_boards(conn, run_id=run_id, day=day, config=config)
     return result
 
 
 async def rebuild_boards(
-    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
+    conn: asyncpg.Connection, *, run_id: int, day: date, config: RollupConfig
 ) -> int:
-    """Every leaderboard of `day`, from metric rows: the run's staged days and the stored
-    other days (sql/rollup.sql explains why)."""
+    """Every leaderboard of `day`, from the day's window rows (`stage_windows`), which read the
+    run's staged days and the stored other days (sql/rollup.sql explains why)."""
     await queries.rollup_clear_leaderboards_day(conn, day=day)
     return int(
         await queries.rollup_leaderboards_day(
-            conn,
-            run_id=run_id,
-            run_days=run_days,
-            day=day,
-            board_size=config.board_size,
-            **config.weights.as_params(),
+            conn, run_id=run_id, day=day, board_size=config.board_size
         )
     )
 

@@ -15,7 +15,8 @@ import asyncpg
 WEIGHTS = {"VIEW": 1.0, "COPY": 3.0, "SAVE": 4.0, "FORK": 6.0, "VOTE": 2.0}
 COUNT_COLUMNS = ("views", "copies", "saves", "forks", "votes")
 TYPE_COLUMN = dict(zip(("VIEW", "COPY", "SAVE", "FORK", "VOTE"), COUNT_COLUMNS, strict=True))
-KEPT_STATUSES = {"succeeded", "partially_refunded", "refunded"}
+UNPAID_STATUSES = {"pending", "failed"}
+WITHDRAWN_DISPUTES = {"open", "lost"}
 PERIOD_DAYS = {"DAILY": 1, "WEEKLY": 7, "MONTHLY": 30}
 
 
@@ -44,6 +45,17 @@ class Donation:
     refunded_cents: int
     status: str
     created_at: datetime
+    dispute_status: str | None = None
+    dispute_amount_cents: int = 0
+
+    @property
+    def kept_cents(self) -> int:
+        """Money the author keeps (docs/stripe.md): nothing unless paid; refunds and an open
+        or lost dispute withdrawn."""
+        if self.status in UNPAID_STATUSES:
+            return 0
+        disputed = self.dispute_amount_cents if self.dispute_status in WITHDRAWN_DISPUTES else 0
+        return max(self.amount_cents - self.refunded_cents - disputed, 0)
 
 
 @dataclass
@@ -76,7 +88,7 @@ class Reference:
             for col in COUNT_COLUMNS:
                 row[col] += counts[col]
         for d in self.donations:
-            kept = max(d.amount_cents - d.refunded_cents, 0) if d.status in KEPT_STATUSES else 0
+            kept = d.kept_cents
             if kept > 0:
                 row = out.setdefault((d.author_id, d.created_at.date()), dict(blank))
                 row["donations_count"] += 1
@@ -160,9 +172,19 @@ async def insert_donations(
 ) -> None:
     await conn.executemany(
         "INSERT INTO donations (id, payment_intent_id, author_id, amount_cents, refunded_cents,"
-        " status, created_at) VALUES ($1, 'pi_' || $1, $2, $3, $4, $5, $6)",
+        " status, created_at, dispute_status, dispute_amount_cents)"
+        " VALUES ($1, 'pi_' || $1, $2, $3, $4, $5, $6, $7, $8)",
         [
-            (d.id, d.author_id, d.amount_cents, d.refunded_cents, d.status, d.created_at)
+            (
+                d.id,
+                d.author_id,
+                d.amount_cents,
+                d.refunded_cents,
+                d.status,
+                d.created_at,
+                d.dispute_status,
+                d.dispute_amount_cents,
+            )
             for d in donations
         ],
     )

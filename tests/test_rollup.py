@@ -61,9 +61,12 @@ donation_rows = st.lists(
         st.sampled_from(
             ["pending", "succeeded", "failed", "partially_refunded", "refunded", "disputed", "lost"]
         ),
+        st.integers(0, 5000),  # disputed amount, for the disputed and lost statuses
     ),
     max_size=6,
 )
+# The dispute a Stripe-managed row carries with each status (docs/stripe.md, status precedence).
+DISPUTE_OF_STATUS = {"disputed": "open", "lost": "lost"}
 
 
 def build_reference(groups: list[tuple], donations: list[tuple]) -> Reference:
@@ -73,7 +76,8 @@ def build_reference(groups: list[tuple], donations: list[tuple]) -> Reference:
         ref.events += [
             Event(type_, rule_id, ip, at(day, hour, minute)) for minute in range(repeats)
         ]
-    for n, (author, offset, amount, refunded, status) in enumerate(donations):
+    for n, (author, offset, amount, refunded, status, disputed) in enumerate(donations):
+        dispute = DISPUTE_OF_STATUS.get(status)
         ref.donations.append(
             Donation(
                 f"don_{n}",
@@ -82,6 +86,8 @@ def build_reference(groups: list[tuple], donations: list[tuple]) -> Reference:
                 min(refunded, amount),
                 status,
                 at(BASE + timedelta(days=offset), 23, 59),
+                dispute_status=dispute,
+                dispute_amount_cents=min(disputed, amount) if dispute else 0,
             )
         )
     return ref
@@ -147,7 +153,10 @@ def fixed_reference() -> Reference:
         ("VOTE", "rul_d", "ip3", 2, 5, 3),
         ("SAVE", "rul_b", None, 3, 6, 1),
     ]
-    donations = [("usr_2", 1, 1000, 0, "succeeded"), ("usr_1", 3, 700, 200, "partially_refunded")]
+    donations = [
+        ("usr_2", 1, 1000, 0, "succeeded", 0),
+        ("usr_1", 3, 700, 200, "partially_refunded", 0),
+    ]
     return build_reference(groups, donations)
 
 
@@ -228,7 +237,8 @@ async def test_refunds_and_lost_disputes_reduce_author_totals(
         " updated_at = now() WHERE id = 'don_x'"
     )
     await pool.execute(
-        "UPDATE donations SET status = 'lost', updated_at = now() WHERE id = 'don_y'"
+        "UPDATE donations SET status = 'lost', dispute_status = 'lost',"
+        " dispute_amount_cents = 500, updated_at = now() WHERE id = 'don_y'"
     )
     await roll(pool, settings)
     row = (await author_rows(pool))[("usr_2", day)]
@@ -239,6 +249,34 @@ async def test_refunds_and_lost_disputes_reduce_author_totals(
     )
     await roll(pool, settings)
     assert ("usr_2", day) not in await author_rows(pool)  # nothing left that day
+
+
+async def test_author_money_is_what_donations_kept_says(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """Rows as the Stripe code writes them (facts; the trigger derives the status): a fully
+    refunded donation does not count at all, a partial refund and a lost partial dispute count
+    only what the author keeps, exactly the donations_kept view's kept_cents."""
+    await insert_rules(pool, RULES)
+    day = BASE + timedelta(days=2)
+    await pool.executemany(
+        "INSERT INTO donations (payment_intent_id, author_ref, amount_cents, refunded_cents,"
+        " dispute_status, dispute_amount_cents, paid_at, last_event_at, created_at)"
+        " VALUES ($1, 'usr_3', $2, $3, $4, $5, $6, $6, $6)",
+        [
+            ("pi_refunded", 2500, 2500, None, 0, at(day, 8)),
+            ("pi_partial", 1000, 300, None, 0, at(day, 9)),
+            ("pi_lost_part", 800, 0, "lost", 200, at(day, 10)),
+            ("pi_open", 400, 0, "open", 400, at(day, 11)),
+        ],
+    )
+    statuses = dict(await pool.fetch("SELECT payment_intent_id, status FROM donations"))
+    assert statuses["pi_refunded"] == "refunded" and statuses["pi_open"] == "disputed"
+    await roll(pool, settings)
+    row = (await author_rows(pool))[("usr_3", day)]
+    assert (row["donations_count"], row["donations_amount_cents"]) == (2, 700 + 600)
+    kept = await pool.fetchval("SELECT sum(kept_cents) FROM donations_kept")
+    assert row["donations_amount_cents"] == kept
 
 
 async def test_leaderboard_ties_and_scopes(pool: asyncpg.Pool, settings: Settings) -> None:
