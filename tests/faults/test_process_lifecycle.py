@@ -69,20 +69,20 @@ def test_serve_refuses_to_start_without_its_secrets() -> None:
 
 
 @pytest.mark.slow
-def test_local_mode_starts_embedded_postgres_and_stops_it_on_sigterm(tmp_path: Path) -> None:
+def test_local_mode_starts_embedded_postgres_and_stops_it_on_sigterm(cluster_tmp: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [INGEST, "run"],
-        env=_env(INGEST_DATA_DIR=str(tmp_path / "data"), PORT=str(port), LOG_LEVEL="WARNING"),
+        env=_env(INGEST_DATA_DIR=str(cluster_tmp / "data"), PORT=str(port), LOG_LEVEL="WARNING"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", proc)
-        pgdata = tmp_path / "data" / "pg"
+        pgdata = cluster_tmp / "data" / "pg"
         assert (pgdata / "postmaster.pid").exists()
-        secrets = (tmp_path / "data" / "local-secrets.json").read_text()
+        secrets = (cluster_tmp / "data" / "local-secrets.json").read_text()
         assert "INGEST_APP_TOKEN" in secrets
         # Straight after the first healthy answer: Sanic may still be waiting for its workers'
         # start-up acks, a window where a signal once left the main process spinning.
@@ -112,7 +112,7 @@ async def _until(check: Any, timeout: float, what: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 async def test_sigterm_during_load_finishes_in_flight_work_then_stops_cleanly(
-    tmp_path: Path,
+    cluster_tmp: Path,
 ) -> None:
     """`ingest run` gets SIGTERM with event batches in flight and a rollup job running.
 
@@ -121,7 +121,7 @@ async def test_sigterm_during_load_finishes_in_flight_work_then_stops_cleanly(
     batch is answered 202 and stored, a request sent after the signal is not served, the job
     completes before the worker stops, and the embedded cluster shuts down cleanly."""
     port = free_port()
-    data = tmp_path / "data"
+    data = cluster_tmp / "data"
     secrets = {"INGEST_APP_TOKEN": "t-shutdown", "CRON_SECRET": "c-shutdown"}
     proc = subprocess.Popen(
         [INGEST, "run"],
