@@ -32,8 +32,13 @@ EVENT_TYPES = frozenset({"VIEW", "COPY", "SAVE", "FORK", "VOTE"})
 # Site ids are cuid-style: letters, digits, `_` and `-`, at most 128 characters.
 _ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 # A deadlock between two concurrent batches aborts one of them; nothing was written, so the
-# whole statement is simply run again.
-RETRIABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# whole statement is simply run again. So is a batch whose rule or user was deleted between
+# its probe and its insert: run again, the probe names the event.
+RETRIABLE = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.ForeignKeyViolationError,
+)
 ATTEMPTS = 3
 
 
@@ -51,12 +56,13 @@ class PreparedBatch:
     """Parallel arrays of the events that passed the Python checks, ready for `unnest`."""
 
     received: int = 0
+    received_at: datetime | None = None  # the `ts` of events sent without one
     idx: list[int] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     rule_ids: list[str] = field(default_factory=list)
     user_ids: list[str | None] = field(default_factory=list)
     ip_hashes: list[str] = field(default_factory=list)
-    tss: list[datetime] = field(default_factory=list)
+    tss: list[datetime | None] = field(default_factory=list)  # None: sent without `ts`
     idempotency_keys: list[str | None] = field(default_factory=list)
     shared_pairs: list[bool] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
@@ -87,10 +93,10 @@ def check_batch_size(data: Any) -> None:
             )
 
 
-def _parse_ts(value: Any, now: datetime) -> datetime | str:
-    """The event's instant, or the rejection reason."""
+def _parse_ts(value: Any, now: datetime) -> datetime | str | None:
+    """The event's instant (None when it was sent without one), or the rejection reason."""
     if value is None:
-        return now
+        return None
     if type(value) is not str:
         return "invalid_ts"
     try:
@@ -139,7 +145,7 @@ def prepare_batch(
     JSON (a pydantic model per event costs several times more) and appends straight to the
     parallel arrays the batch statement unnests.
     """
-    batch = PreparedBatch(received=len(events))
+    batch = PreparedBatch(received=len(events), received_at=now)
     seen_keys: set[str] = set()
     views: dict[tuple[str, str], int] = {}  # (ip hash, rule) -> position of its first view
     for index, event in enumerate(events):
@@ -184,7 +190,30 @@ def prepare_batch(
 async def ingest_batch(
     conn: asyncpg.Connection, *, batch: PreparedBatch, actor: str, request_id: str | None
 ) -> IngestReport:
-    """Store a prepared batch with one statement (plus the audit row it writes itself)."""
+    """Store a prepared batch with one statement (plus the audit row it writes itself).
+
+    Outside a transaction the statement first runs without the per-event rule and user probes:
+    the foreign keys of `events` check every stored event anyway, so the probes are only
+    needed to name the unknown ones, and most batches have none. When the keys refuse the
+    batch, nothing was written, and it runs again with the probes. Inside a caller's
+    transaction a refused statement would abort that transaction, so the probes run at once.
+    """
+    if not conn.is_in_transaction():
+        try:
+            return await _run_batch(conn, batch, actor, request_id, check_refs=False)
+        except asyncpg.ForeignKeyViolationError:
+            pass  # some event names an unknown rule or user: find out which
+    return await _run_batch(conn, batch, actor, request_id, check_refs=True)
+
+
+async def _run_batch(
+    conn: asyncpg.Connection,
+    batch: PreparedBatch,
+    actor: str,
+    request_id: str | None,
+    *,
+    check_refs: bool,
+) -> IngestReport:
     row = await queries.events_ingest_batch(
         conn,
         idx=batch.idx,
@@ -195,6 +224,8 @@ async def ingest_batch(
         tss=batch.tss,
         idempotency_keys=batch.idempotency_keys,
         shared_pairs=batch.shared_pairs,
+        received_at=batch.received_at,
+        check_refs=check_refs,
         actor=actor,
         request_id=request_id,
         received=batch.received,

@@ -2,11 +2,15 @@
 -- The service-managed key of the client-IP HMAC (created by migration 0002).
 SELECT secret FROM ip_hash_secret WHERE singleton;
 
--- name: events_ingest_batch(idx, types, rule_ids, user_ids, ip_hashes, tss, idempotency_keys, shared_pairs, actor, request_id, received, early_rejected, early_duplicates)^
+-- name: events_ingest_batch(idx, types, rule_ids, user_ids, ip_hashes, tss, idempotency_keys, shared_pairs, received_at, check_refs, actor, request_id, received, early_rejected, early_duplicates)^
 -- The whole batch in one statement: rule and user checks, idempotency, VIEW dedupe, insert and
 -- the request's audit row. Arrays are parallel, one element per event that passed the checks
 -- done in Python; `idx` is the event's position in the request; `shared_pairs` is true for a
--- VIEW whose (ip_hash, rule) pair has other views in this batch.
+-- VIEW whose (ip_hash, rule) pair has other views in this batch; a NULL in `tss` is an event
+-- sent without `ts`, which happened at `received_at` (NULLs are cheaper to send than times).
+-- `check_refs` false skips the per-event rule and user probes: the foreign keys of `events`
+-- check every inserted event anyway and refuse the whole statement if one names an unknown
+-- rule or user; the caller then runs it again with `check_refs` true, which names them.
 -- VIEW dedupe: a view alone in its batch goes straight to the upsert, whose guard (the stored
 -- window has ended by the view's ts) decides against the latest committed row. Views sharing a
 -- pair are collapsed first (ON CONFLICT cannot touch a row twice in one statement): the
@@ -16,7 +20,8 @@ SELECT secret FROM ip_hash_secret WHERE singleton;
 -- Writes are ordered by their keys so that concurrent batches take row locks in one order.
 WITH batch AS (
     SELECT b.idx, b.type, b.rule_id COLLATE "C" AS rule_id, b.user_id COLLATE "C" AS user_id,
-           b.ip_hash COLLATE "C" AS ip_hash, b.ts, b.idempotency_key COLLATE "C" AS idempotency_key,
+           b.ip_hash COLLATE "C" AS ip_hash, coalesce(b.ts, :received_at::timestamptz) AS ts,
+           b.idempotency_key COLLATE "C" AS idempotency_key,
            b.shared_pair
     FROM unnest(:idx::int[], :types::text[], :rule_ids::text[], :user_ids::text[],
                 :ip_hashes::text[], :tss::timestamptz[], :idempotency_keys::text[],
@@ -24,20 +29,26 @@ WITH batch AS (
          AS b(idx, type, rule_id, user_id, ip_hash, ts, idempotency_key, shared_pair)
 ),
 checked AS MATERIALIZED (
-    -- One index probe per event and check (rules and users by primary key, keys by the partial
-    -- unique index). Scalar subqueries, not joins or EXISTS: the planner cannot turn them into
-    -- a hash of the whole table, which it prefers for small tables and stale statistics.
+    -- One index probe per event and check (keys by the partial unique index; rules and users
+    -- by primary key, only with `check_refs`). Scalar subqueries, not joins or EXISTS: the
+    -- planner cannot turn them into a hash of the whole table, which it prefers for small
+    -- tables and stale statistics. `check_refs` comes first in its ANDs, so that when it is
+    -- false the probes never run (a generic plan keeps it as a parameter). A repeated key is a
+    -- duplicate whatever the event's other fields say, so it is decided first: with or without
+    -- `check_refs`, the same event gets the same outcome.
     SELECT b.*,
            CASE
-               WHEN (SELECT true FROM rules r WHERE r.id = b.rule_id) IS NULL THEN 'unknown_rule'
-               WHEN b.user_id IS NOT NULL
-                    AND (SELECT true FROM users u WHERE u.id = b.user_id) IS NULL
-                   THEN 'unknown_user'
                WHEN b.idempotency_key IS NOT NULL
                     AND (SELECT true FROM events e
                          WHERE e.idempotency_key = b.idempotency_key
                            AND e.idempotency_key IS NOT NULL)
                    THEN 'duplicate'
+               WHEN :check_refs::bool
+                    AND (SELECT true FROM rules r WHERE r.id = b.rule_id) IS NULL
+                   THEN 'unknown_rule'
+               WHEN :check_refs::bool AND b.user_id IS NOT NULL
+                    AND (SELECT true FROM users u WHERE u.id = b.user_id) IS NULL
+                   THEN 'unknown_user'
            END AS outcome
     FROM batch b
 ),
