@@ -10,10 +10,12 @@ No Docker is needed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -117,6 +119,24 @@ def owned_cluster(cluster_tmp: Path) -> Iterator[OwnedCluster]:
     finally:
         if cluster.running():
             cluster.stop("immediate")
+
+
+def reap(proc: subprocess.Popen[str], pgdata: Path) -> str:
+    """Kill an `ingest` process that did not stop, with its children, and any cluster it left
+    running; return its output. (Its children hold the output pipe: killing the parent alone
+    would leave a read of the pipe waiting forever.)"""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        output = "(no output: the pipe stayed open)"
+    if (pgdata / "postmaster.pid").exists():
+        user = CLUSTER_USER if os.geteuid() == 0 else None
+        with contextlib.suppress(subprocess.CalledProcessError):
+            OwnedCluster(pgdata, 0, user).stop("immediate")
+    return output or ""
 
 
 async def create_migrated_database(cluster: OwnedCluster, name: str = "ingest") -> str:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.factories import create_rule
+from tests.faults.conftest import reap
 
 INGEST = str(Path(sys.executable).parent / "ingest")
 
@@ -77,6 +78,7 @@ def test_local_mode_starts_embedded_postgres_and_stops_it_on_sigterm(cluster_tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", proc)
@@ -89,9 +91,8 @@ def test_local_mode_starts_embedded_postgres_and_stops_it_on_sigterm(cluster_tmp
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        if proc.returncode is None:
+            output = reap(proc, cluster_tmp / "data" / "pg")
     assert proc.returncode == 0, output
     assert "INGEST_APP_TOKEN=" in output  # printed for the newcomer
     assert "embedded PostgreSQL stopped" in output
@@ -136,78 +137,76 @@ async def test_sigterm_during_load_finishes_in_flight_work_then_stops_cleanly(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+    conn: asyncpg.Connection | None = None
     try:
         await asyncio.to_thread(_wait_healthy, url, proc)
-        database_url = (data / "database_url").read_text().strip()
-        conn = await asyncpg.connect(database_url)
+        conn = await asyncpg.connect((data / "database_url").read_text().strip())
         rule = await create_rule(conn)
-        day = "2026-03-14"
+        # Yesterday: every rollup rolls it, the one queued here and a backfill run alike (the
+        # worker's periodic backfill may queue one first; then that one is the running job).
+        day = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=1)
         await conn.execute(
             "SELECT pg_advisory_lock(hashtext('ingest.rollup.day'), $1::date - date '2000-01-01')",
-            datetime.date.fromisoformat(day),
+            day,
         )
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             queued = await client.post(
                 "/cron/rollup",
-                json={"date": day, "daysToProcess": 1},
+                json={"date": day.isoformat(), "daysToProcess": 1},
                 headers={"x-cron-secret": secrets["CRON_SECRET"]},
             )
-            assert queued.status_code == 202, queued.text
-            job_id = queued.json()["jobId"]
-            await _until(
-                lambda: _waiters(conn), 30, "the rollup job to wait"
-            )  # the job waits on the day's lock
+        assert queued.status_code == 202, queued.text
+        await _until(lambda: _waiters(conn), 60, "a rollup job to wait on the day's lock")
+        running = await conn.fetchval(
+            "SELECT id FROM procrastinate_jobs WHERE task_name = 'rollup' AND status = 'doing'"
+        )
+        assert running is not None
 
-            tx = conn.transaction()
-            await tx.start()
-            await conn.execute("LOCK TABLE audit_log IN SHARE MODE")
-            headers = {"x-app-token": secrets["INGEST_APP_TOKEN"]}
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("LOCK TABLE audit_log IN SHARE MODE")
+        headers = {"x-app-token": secrets["INGEST_APP_TOKEN"]}
 
-            async def send(name: str) -> httpx.Response:
-                events = [
-                    {"type": "SAVE", "ruleId": rule, "idempotencyKey": f"{name}-{i}"}
-                    for i in range(10)
-                ]
-                async with httpx.AsyncClient(base_url=url, timeout=30) as own:
-                    return await own.post(
-                        "/ingest/events", json={"events": events}, headers=headers
-                    )
+        async def send(name: str) -> httpx.Response:
+            events = [
+                {"type": "SAVE", "ruleId": rule, "idempotencyKey": f"{name}-{i}"} for i in range(10)
+            ]
+            async with httpx.AsyncClient(base_url=url, timeout=30) as own:
+                return await own.post("/ingest/events", json={"events": events}, headers=headers)
 
-            in_flight = [asyncio.create_task(send(f"inflight{n}")) for n in range(6)]
+        in_flight = [asyncio.create_task(send(f"inflight{n}")) for n in range(6)]
 
-            async def all_waiting() -> bool:
-                return await _waiters(conn) >= 1 + len(in_flight)
+        async def all_waiting() -> bool:
+            return await _waiters(conn) >= 1 + len(in_flight)
 
-            await _until(all_waiting, 30, "the batches to wait")
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(1.0)
-            late_error = None
-            try:
-                async with httpx.AsyncClient(base_url=url, timeout=3) as late:
-                    late_answer = await late.post(
-                        "/ingest/events", json={"events": []}, headers=headers
-                    )
-                late_error = f"answered {late_answer.status_code}"
-            except httpx.TransportError as exc:
-                late_error = type(exc).__name__
-            await tx.rollback()  # the in-flight batches go on
-            answers = await asyncio.gather(*in_flight)
-            assert [a.status_code for a in answers] == [202] * len(in_flight)
-            stored = await conn.fetchval("SELECT count(*) FROM events")
-            assert stored == 10 * len(in_flight)
-            assert (
-                await conn.fetchval("SELECT status FROM procrastinate_jobs WHERE id = $1", job_id)
-                == "doing"
-            )
-            await conn.execute("SELECT pg_advisory_unlock_all()")
+        await _until(all_waiting, 60, "the batches to wait")
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=3) as late:
+                late_answer = await late.post(
+                    "/ingest/events", json={"events": []}, headers=headers
+                )
+            late_error = f"answered {late_answer.status_code}"
+        except httpx.TransportError as exc:
+            late_error = type(exc).__name__
+        await tx.rollback()  # the in-flight batches go on
+        answers = await asyncio.gather(*in_flight)
+        assert [a.status_code for a in answers] == [202] * len(in_flight)
+        assert await conn.fetchval("SELECT count(*) FROM events") == 10 * len(in_flight)
+        status = "SELECT status FROM procrastinate_jobs WHERE id = $1"
+        assert await conn.fetchval(status, running) == "doing"
+        await conn.execute("SELECT pg_advisory_unlock_all()")
         await conn.close()
         output, _ = await asyncio.to_thread(proc.communicate, timeout=90)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        if conn is not None and not conn.is_closed():
+            await conn.close()
+        if proc.returncode is None:
+            output = reap(proc, data / "pg")
     assert late_error in ("ConnectError", "ReadTimeout", "RemoteProtocolError"), late_error
     assert proc.returncode == 0, output
     assert "embedded PostgreSQL stopped" in output
@@ -222,15 +221,15 @@ async def test_sigterm_during_load_finishes_in_flight_work_then_stops_cleanly(
     try:
         after = await asyncpg.connect(server.get_uri())
         try:
-            status = await after.fetchval(
-                "SELECT status FROM procrastinate_jobs WHERE id = $1", job_id
+            job = await after.fetchval(status, running)
+            run = await after.fetchval(
+                "SELECT status FROM rollup_runs WHERE actor = $1", f"job:{running}"
             )
-            run = await after.fetchval("SELECT status FROM rollup_runs ORDER BY id DESC LIMIT 1")
         finally:
             await after.close()
     finally:
         server.cleanup()
-    assert (status, run) == ("succeeded", "succeeded")
+    assert (job, run) == ("succeeded", "succeeded")
     print(
         f"\ngraceful shutdown: {len(in_flight)} batches in flight at SIGTERM, all 202 and stored;"
         f" a request 1 s after the signal: {late_error}; the running rollup job succeeded;"
