@@ -198,3 +198,84 @@ async def _first_202_after(load: Load, since: float, bound: float) -> float | No
             return min(accepted)
         await asyncio.sleep(0.05)
     return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_every_endpoint_answers_503_quickly_while_the_database_is_down(
+    owned_cluster: OwnedCluster,
+    start_server: Callable[..., Awaitable[RunningServer]],
+) -> None:
+    """Not only the event intake: each route that touches the database (the job queue's own
+    psycopg pool included) answers 503 with Retry-After within the bound, then recovers."""
+    from tests.conftest import CRON_HEADERS
+    from tests.stripe_helpers import checkout_session, deliver, event, metadata, new_id
+
+    url = await create_migrated_database(owned_cluster)
+    conn = await asyncpg.connect(url)
+    try:
+        rule = await create_rule(conn)
+        source = await conn.fetchval(
+            "INSERT INTO crawl_sources (name, curator_id) VALUES ('src', "
+            "(SELECT author_id FROM rules LIMIT 1)) RETURNING id"
+        )
+    finally:
+        await conn.close()
+    settings = make_settings(url, db_acquire_timeout_s=1.0, db_command_timeout_s=5.0)
+    server = await start_server(settings)
+    client = server.client
+
+    async def calls() -> dict[str, tuple[int, str | None, float]]:
+        requests = {
+            "health": lambda: client.get("/health"),
+            "events": lambda: client.post(
+                "/ingest/events",
+                json={"events": [{"type": "COPY", "ruleId": rule}]},
+                headers=APP_HEADERS,
+            ),
+            "crawl": lambda: client.post(
+                "/ingest/crawl",
+                json={
+                    "sourceId": source,
+                    "items": [{"externalId": "x1", "url": "https://e.x/1", "title": "T"}],
+                },
+                headers=APP_HEADERS,
+            ),
+            "stripe": lambda: deliver(
+                client,
+                event(
+                    "checkout.session.completed", checkout_session(new_id("pi"), meta=metadata("u"))
+                ),
+            ),
+            "rollup": lambda: client.post("/cron/rollup", json={}, headers=CRON_HEADERS),
+            "rebuild": lambda: client.post("/cron/rebuild-search", headers=CRON_HEADERS),
+            "search": lambda: client.get(
+                "/internal/search", params={"q": "rule"}, headers=APP_HEADERS
+            ),
+        }
+        out = {}
+        for name, call in requests.items():
+            started = time.monotonic()
+            try:
+                response = await asyncio.wait_for(call(), ANSWER_BOUND_S)
+                out[name] = (
+                    response.status_code,
+                    response.headers.get("retry-after"),
+                    time.monotonic() - started,
+                )
+            except TimeoutError:
+                out[name] = (0, None, time.monotonic() - started)
+        return out
+
+    before = await calls()
+    assert all(200 <= s < 300 for s, _, _ in before.values()), before
+    await asyncio.to_thread(owned_cluster.stop, "fast")
+    down = await calls()
+    await asyncio.to_thread(owned_cluster.start)
+    await asyncio.sleep(0.5)
+    after = await calls()
+    print(f"\nendpoints during the outage: {down}")
+    assert {n: s for n, (s, _, _) in down.items()} == dict.fromkeys(down, 503), down
+    assert all(r is not None for _, r, _ in down.values()), down
+    assert max(t for _, _, t in down.values()) < 5.0, down
+    assert all(200 <= s < 300 for s, _, _ in after.values()), after
