@@ -50,6 +50,7 @@ def create_app(
         app.blueprint(bp)
     openapi.configure(app)
     app.main_process_ready(_stop_waiting_for_acks_on_shutdown)
+    app.main_process_ready(_refuse_new_connections_on_shutdown)
     app.before_server_start(_open_resources)
     app.after_server_stop(_close_resources)
     return app
@@ -66,6 +67,29 @@ def _stop_waiting_for_acks_on_shutdown(app: Sanic) -> None:
     manager = app.manager
     all_acked = manager._all_workers_ack
     manager._all_workers_ack = lambda: manager._shutting_down or all_acked()  # type: ignore[method-assign]
+
+
+def _refuse_new_connections_on_shutdown(app: Sanic) -> None:
+    """On SIGTERM, close the main process's copy of the listening socket.
+
+    The workers close theirs when their graceful shutdown starts, but the main process holds
+    the socket until every worker has exited: meanwhile the kernel kept accepting connections
+    into the backlog that nobody would ever serve (clients waited for their timeout). Closed
+    here, a connection attempt during the shutdown is refused at once; in-flight requests are
+    on their own sockets and finish.
+    """
+    manager = app.manager
+    shutdown = manager.shutdown
+
+    def close_listeners_then_shutdown() -> None:
+        for info in app.state.server_info:
+            sock = info.settings.get("sock")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        shutdown()
+
+    manager.shutdown = close_listeners_then_shutdown  # type: ignore[method-assign]
 
 
 def _count_request(request: Request, response: HTTPResponse) -> None:
