@@ -50,6 +50,9 @@ def _combine(rounds: list[dict[str, Any]], rate: str) -> dict[str, Any]:
     for key in ("p50_ms", "p99_ms"):
         if all(key in r for r in rounds):
             out[key] = max(r[key] for r in rounds)
+    for key in rounds[0]:
+        if "cpu_ms" in key:
+            out[key] = sum(r[key] * r["duration_s"] for r in rounds) / duration
     for key in ("requests", "errors_status", "errors_timeout"):
         if all(key in r for r in rounds):
             out[key] = sum(r[key] for r in rounds)
@@ -129,6 +132,7 @@ def main() -> int:
         "web_workers": WORKERS,
         "pool_size": POOL,
         "seconds_per_section": SECONDS,
+        "load_average_at_start": os.getloadavg()[0],
     }
     harness.ensure_wrk()
     work_dir = Path(tempfile.mkdtemp(prefix="ingest-bench-work-"))
@@ -152,6 +156,7 @@ def main() -> int:
                     results[key] = results["rollup"].get(key)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    results["load_average_at_end"] = os.getloadavg()[0]
     derive(results)
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(exist_ok=True)
@@ -198,6 +203,26 @@ def table(r: dict[str, Any]) -> str:
         ]
     rows.append(
         ("peak RSS per worker after ingest", f"**{r['rss_mb_per_worker']:.0f} MB** (target < 250)")
+    )
+    c64, raw = r["batch100_c64"], r["raw"]
+    if c64.get("postgres_cpu_ms_per_request") and raw.get("postgres_cpu_ms_per_batch"):
+        rows += [
+            (
+                "PostgreSQL CPU per batch of 100: ingest / raw",
+                f"{c64['postgres_cpu_ms_per_request']:.2f} / "
+                f"{raw['postgres_cpu_ms_per_batch']:.2f} ms",
+            ),
+            (
+                "client CPU per batch of 100: service worker / raw client",
+                f"{c64['service_cpu_ms_per_request']:.2f} / "
+                f"{raw['client_cpu_ms_per_batch']:.2f} ms",
+            ),
+        ]
+    rows.append(
+        (
+            "load average (1 min) at start / end",
+            f"{r['load_average_at_start']:.1f} / {r['load_average_at_end']:.1f} (2 cores)",
+        )
     )
     lines = ["| measure | result |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]

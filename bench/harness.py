@@ -258,3 +258,12 @@ async def server_version(db_url: str) -> str:
         return str(await conn.fetchval("SHOW server_version"))
     finally:
         await conn.close()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process (e.g. a PostgreSQL backend), None if not visible."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

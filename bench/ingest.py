@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from bench.harness import TOKEN, Service, run_wrk
+from bench.harness import TOKEN, Service, cpu_seconds, run_wrk
 
 OTHER_TYPES = ["COPY", "SAVE", "FORK", "VOTE"]
 RAW_INSERT = """
@@ -49,10 +49,37 @@ async def count_events(db_url: str) -> int:
         await conn.close()
 
 
+async def service_backends(db_url: str) -> list[int]:
+    """PostgreSQL backend pids of the service's pool (application_name `ingest`)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'ingest'"
+        )
+        return [int(r["pid"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+def _cpu_snapshot(svc: Service, db_url: str) -> tuple[dict[int, float], dict[int, float]]:
+    workers = {w.pid: sum(w.cpu_times()[:2]) for w in svc.workers()}
+    backends = asyncio.run(service_backends(db_url))
+    return workers, {pid: cpu_seconds(pid) or 0.0 for pid in backends}
+
+
+def _cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(after[pid] - before.get(pid, 0.0) for pid in after)
+
+
 def http_batches(
     svc: Service, db_url: str, *, rules: int, connections: int, seconds: int, batch: int = 100
 ) -> dict[str, float]:
+    """wrk against /ingest/events. Besides rates and latency: CPU milliseconds per request of
+    the Sanic workers and of their PostgreSQL backends (when /proc shows them, i.e. the
+    server runs on this machine), which a neighbour's load inflates far less than rates."""
     before = asyncio.run(count_events(db_url))
+    workers0, backends0 = _cpu_snapshot(svc, db_url)
     figures = run_wrk(
         svc.url,
         script="events.lua",
@@ -65,10 +92,14 @@ def http_batches(
             "BENCH_RUN": uuid.uuid4().hex[:8],
         },
     )
+    workers1, backends1 = _cpu_snapshot(svc, db_url)
     stored = asyncio.run(count_events(db_url)) - before
+    requests = max(1, figures["requests"])
     figures["events_stored_per_s"] = stored / figures["duration_s"]
     figures["events_sent_per_s"] = figures["requests"] * batch / figures["duration_s"]
     figures["requests_per_s"] = figures["requests"] / figures["duration_s"]
+    figures["service_cpu_ms_per_request"] = _cpu_used(workers0, workers1) * 1000 / requests
+    figures["postgres_cpu_ms_per_request"] = _cpu_used(backends0, backends1) * 1000 / requests
     return figures
 
 
@@ -90,23 +121,36 @@ def _raw_batch(rules: int, size: int, seq: list[int]) -> tuple[list, ...]:
 async def raw_unnest(
     db_url: str, *, rules: int, connections: int = 4, seconds: int = 10, batch: int = 100
 ) -> dict[str, float]:
-    """The best raw path: INSERT ... SELECT FROM unnest per batch, `connections` in parallel."""
+    """The best raw path: INSERT ... SELECT FROM unnest per batch, `connections` in parallel.
+    Also CPU milliseconds per batch of this client and of its PostgreSQL backends."""
     seq = [0]
     inserted = 0
-    deadline = time.perf_counter() + seconds
+    conns = [await asyncpg.connect(db_url) for _ in range(connections)]
+    try:
+        pids = [conn.get_server_pid() for conn in conns]
+        backends0 = sum(cpu_seconds(pid) or 0.0 for pid in pids)
+        client0 = time.process_time()
+        started = time.perf_counter()
+        deadline = started + seconds
 
-    async def client() -> None:
-        nonlocal inserted
-        conn = await asyncpg.connect(db_url)
-        try:
+        async def client(conn: asyncpg.Connection) -> None:
+            nonlocal inserted
             statement = await conn.prepare(RAW_INSERT)
             while time.perf_counter() < deadline:
                 await statement.fetch(*_raw_batch(rules, batch, seq))
                 inserted += batch
-        finally:
-            await conn.close()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(connections)))
-    elapsed = time.perf_counter() - started
-    return {"events_per_s": inserted / elapsed, "duration_s": elapsed}
+        await asyncio.gather(*(client(conn) for conn in conns))
+        elapsed = time.perf_counter() - started
+        batches = max(1, inserted // batch)
+        backends = sum(cpu_seconds(pid) or 0.0 for pid in pids) - backends0
+        client_s = time.process_time() - client0
+    finally:
+        for conn in conns:
+            await conn.close()
+    return {
+        "events_per_s": inserted / elapsed,
+        "duration_s": elapsed,
+        "client_cpu_ms_per_batch": client_s * 1000 / batches,
+        "postgres_cpu_ms_per_batch": backends * 1000 / batches,
+    }
