@@ -5,10 +5,13 @@ two phases:
 
 1. *stage*: the per-day event aggregates (the only statements that read `events`) run in
    parallel over `ROLLUP_PARALLELISM` connections into the unlogged `rollup_stage_rule`;
+   then, again in parallel, each day to apply gets its rules' window sums and trending
+   scores (`rollup_stage_window`, one read of the days up to it: the run's other days from
+   the stage, their final new numbers, and older days from the metric tables); the boards'
+   scopes are numbered once (`rollup_stage_scope`) and the stage is analyzed;
 2. *apply*: one transaction per day, again over parallel connections, replaces the day's
-   rule and author rows, computes its trending scores and rebuilds its leaderboards, reading
-   the run's other days from the stage (their final new numbers) and older days from the
-   metric tables.
+   rule and author rows with their trending scores and rebuilds its leaderboards, all from
+   the stage.
 
 A day is therefore either entirely the previous numbers or entirely the new ones, and every
 committed day was computed from the numbers the whole run leaves, whatever order the days
@@ -196,7 +199,6 @@ async def apply_day(
 ) -> DayResult:
     """Replace the day's metric rows with the staged ones, then derive its scores."""
     result = DayResult(day=day)
-    await stage_windows(conn, run_id=run_id, run_days=run_days, day=day, config=config)
     source = {"run_id": run_id, "run_days": run_days, "day": day, **config.trend_params()}
     result.rule_rows = int(await queries.rollup_apply_rule_day(conn, run_id=run_id, day=day))
     result.author_rows = int(await queries.rollup_apply_author_day(conn, **source))
@@ -209,7 +211,8 @@ async def stage_windows(
     conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
 ) -> int:
     """Every rule's window sums and trending score as of `day`, read once for the rule rows
-    and the boards (the run's days from the stage, the others from the metric table)."""
+    and the boards of the day (the run's days from the stage, the others from the metric
+    table)."""
     return int(
         await queries.rollup_stage_window_day(
             conn, run_id=run_id, run_days=run_days, day=day, **config.trend_params()
@@ -226,8 +229,8 @@ async def derive_day(
     config: RollupConfig,
     result: DayResult,
 ) -> DayResult:
-    """Trending scores and every leaderboard of a rolled day that reads a re-rolled one."""
-    await stage_windows(conn, run_id=run_id, run_days=run_days, day=day, config=config)
+    """Trending scores and every leaderboard of a rolled day that reads a re-rolled one (its
+    window rows are staged with the run's)."""
     source = {"run_id": run_id, "run_days": run_days, "day": day, **config.trend_params()}
     result.trending_updated = int(await queries.rollup_trend_rule_day(conn, run_id=run_id, day=day))
     result.trending_updated += int(await queries.rollup_trend_author_day(conn, **source))
@@ -370,9 +373,7 @@ async def _real_run(
         await queries.rollup_clear_stage(conn, run_id=run_id)
     report.run_id = run_id
     try:
-        await _stage_in_parallel(pool, run_id=run_id, days=report.days, config=config)
-        async with pool.acquire() as conn:
-            await queries.rollup_analyze_stage(conn)
+        await _stage_in_parallel(pool, run_id=run_id, report=report, config=config)
         report.stage_ms = round((time.perf_counter() - started) * 1000, 1)
         await _apply_in_parallel(pool, run_id=run_id, report=report, config=config)
         report.apply_ms = round((time.perf_counter() - started) * 1000 - report.stage_ms, 1)
@@ -404,25 +405,36 @@ async def _in_lanes(
 
 
 async def _stage_in_parallel(
-    pool: asyncpg.Pool, *, run_id: int, days: list[date], config: RollupConfig
+    pool: asyncpg.Pool, *, run_id: int, report: RollupReport, config: RollupConfig
 ) -> None:
-    """The event scans, spread over `parallelism` connections, one day per transaction."""
+    """The event scans, then every applied day's windows, each spread over `parallelism`
+    connections, one day per transaction; then the boards' scopes and fresh statistics."""
 
     async def stage(conn: asyncpg.Connection, day: date) -> None:
         await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
         await stage_day(conn, run_id=run_id, day=day)
 
-    await _in_lanes(pool, days, config.parallelism, stage)
+    async def windows(conn: asyncpg.Connection, day: date) -> None:
+        await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
+        await stage_windows(conn, run_id=run_id, run_days=report.days, day=day, config=config)
+
+    await _in_lanes(pool, report.days, config.parallelism, stage)
+    async with pool.acquire() as conn:
+        report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
+    await _in_lanes(
+        pool, sorted([*report.days, *report.refreshed_days]), config.parallelism, windows
+    )
+    async with pool.acquire() as conn:
+        await queries.rollup_stage_scopes(conn, run_id=run_id)
+        await queries.rollup_analyze_stage(conn)
 
 
 async def _apply_in_parallel(
     pool: asyncpg.Pool, *, run_id: int, report: RollupReport, config: RollupConfig
 ) -> None:
-    """One transaction per day, in parallel, then the rolled days that follow are refreshed.
+    """One transaction per day, in parallel: the run's days, then the rolled days that follow.
 
     Each day reads the other run days from the stage, so no day waits for another."""
-    async with pool.acquire() as conn:
-        report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
 
     async def apply(conn: asyncpg.Connection, day: date) -> None:
         await lock_day(conn, day=day, work_mem=config.work_mem)
@@ -498,6 +510,9 @@ async def _dry_run_days(
         await queries.rollup_lock_day(conn, day=day)
     for day in report.days:
         await stage_day(conn, run_id=run_id, day=day)
+    for day in every_day:
+        await stage_windows(conn, run_id=run_id, run_days=report.days, day=day, config=config)
+    await queries.rollup_stage_scopes(conn, run_id=run_id)
     await queries.rollup_analyze_stage(conn)
     for day in every_day:
         report.add(

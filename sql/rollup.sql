@@ -46,14 +46,47 @@ window_rows AS (
     DELETE FROM rollup_stage_window s
     WHERE s.run_id = :run_id OR s.run_id IN (SELECT id FROM stale)
     RETURNING 1
+),
+scope_rows AS (
+    DELETE FROM rollup_stage_scope s
+    WHERE s.run_id = :run_id OR s.run_id IN (SELECT id FROM stale)
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM rule_rows) + (SELECT count(*) FROM author_rows)
-       + (SELECT count(*) FROM window_rows);
+       + (SELECT count(*) FROM window_rows) + (SELECT count(*) FROM scope_rows);
 
 -- name: rollup_analyze_stage#
 -- Fresh statistics once the stage is filled: the planner otherwise takes the (unlogged,
--- never auto-analyzed in time) scratch tables for nearly empty and picks nested loops.
-ANALYZE rollup_stage_rule, rollup_stage_author;
+-- never auto-analyzed in time) scratch tables for nearly empty and picks nested loops, or
+-- sorts where a hash would do.
+ANALYZE rollup_stage_rule, rollup_stage_author, rollup_stage_window, rollup_stage_scope;
+
+-- name: rollup_stage_scopes(run_id)$
+-- The boards every rule belongs to, numbered: GLOBAL, each of its (current) tags, its model.
+WITH rule_scopes AS (
+    SELECT r.id AS rule_id, r.author_id, 'GLOBAL' AS scope, '' AS scope_key
+    FROM rules r
+    UNION
+    SELECT r.id, r.author_id, 'TAG', t.tag
+    FROM rules r CROSS JOIN LATERAL unnest(r.tags) AS t (tag)
+    WHERE t.tag IS NOT NULL AND t.tag <> ''
+    UNION
+    SELECT r.id, r.author_id, 'MODEL', r.model
+    FROM rules r
+    WHERE r.model IS NOT NULL AND r.model <> ''
+),
+numbered AS (
+    SELECT scope, scope_key, row_number() OVER (ORDER BY scope, scope_key COLLATE "C") AS scope_no
+    FROM (SELECT DISTINCT scope, scope_key FROM rule_scopes) AS k
+),
+staged AS (
+    INSERT INTO rollup_stage_scope (run_id, rule_id, scope_no, author_id, scope, scope_key)
+    SELECT :run_id, s.rule_id, n.scope_no, s.author_id, s.scope, s.scope_key
+    FROM rule_scopes s
+    JOIN numbered n ON n.scope = s.scope AND n.scope_key = s.scope_key
+    RETURNING 1
+)
+SELECT count(*) FROM staged;
 
 -- name: rollup_stage_rule_day(run_id, day, view_cap)$
 -- The one expensive statement: one day of events (the BRIN index on ts finds its blocks),
@@ -319,56 +352,85 @@ DELETE FROM leaderboard_snapshot WHERE day = :day::date;
 -- name: rollup_leaderboards_day(run_id, day, board_size)$
 -- Every board of the day: DAILY / WEEKLY (7 days) / MONTHLY (30 days) / ALL_TIME windows
 -- ending on `day`, for rules and authors, globally and per tag and per model (the rule's
--- current tags and model). Score = weighted engagement in the window (the day's window rows);
--- rank by score, ties broken by entity id so a re-run ranks identically. Entities with no
--- score are not ranked.
+-- tags and model as the run staged them). Score = weighted engagement in the window (the day's
+-- window rows); rank by score, ties broken by entity id so a re-run ranks identically. Entities
+-- with no score are not ranked.
+--
+-- A board is one integer, (scope_no * 4 + period_no) * 2 + entity (0 rule, 1 author): ranking
+-- sorts on it instead of on text. Rule boards are ranked from a head: a rule's place in a board
+-- is its place among the board's rules in the period's overall order (score, then id), so a
+-- board with `board_size` rules among the period's first `head` rules has its whole top there;
+-- only the rules of the other (sparse) boards are expanded beyond the head. Every board is
+-- exact whatever the head size; the head only spares ranking ~10 000 rules x 4 periods x every
+-- scope each day. Author boards sum the rule windows per (author, scope) once for all periods.
 WITH periods AS (
-    SELECT w.rule_id, p.period_no, p.score
+    SELECT w.rule_id, p.period_no, p.score,
+           row_number() OVER (PARTITION BY p.period_no
+                              ORDER BY p.score DESC, w.rule_id COLLATE "C") AS place
     FROM rollup_stage_window w
     CROSS JOIN LATERAL (VALUES (0, w.daily), (1, w.weekly), (2, w.monthly), (3, w.all_time))
         AS p (period_no, score)
     WHERE w.run_id = :run_id AND w.day = :day::date AND p.score > 0
 ),
-rule_scopes AS (
-    -- The boards a rule belongs to: GLOBAL, each of its tags, its model.
-    SELECT r.id AS rule_id, r.author_id, 'GLOBAL' AS scope, '' AS scope_key
-    FROM rules r
-    UNION ALL
-    SELECT DISTINCT r.id, r.author_id, 'TAG', t.tag
-    FROM rules r CROSS JOIN LATERAL unnest(r.tags) AS t (tag)
-    WHERE t.tag IS NOT NULL AND t.tag <> ''
-    UNION ALL
-    SELECT r.id, r.author_id, 'MODEL', r.model
-    FROM rules r
-    WHERE r.model IS NOT NULL AND r.model <> ''
+rule_boards AS (
+    SELECT b.rule_id, b.author_id, b.scope_no
+    FROM rollup_stage_scope b
+    WHERE b.run_id = :run_id
 ),
 scope_numbers AS (
-    SELECT scope, scope_key, row_number() OVER () AS scope_no
-    FROM (SELECT DISTINCT scope, scope_key FROM rule_scopes) AS k
+    SELECT DISTINCT b.scope_no, b.scope, b.scope_key
+    FROM rollup_stage_scope b
+    WHERE b.run_id = :run_id
 ),
-scoped AS (
-    -- A board is one integer: (scope_no * 4 + period_no) * 2 + entity (0 rule, 1 author).
-    -- The ranking sorts some 200 000 entries a day; an integer partition key sorts about a
-    -- quarter faster than a text one (and several times faster than four columns).
-    SELECT (n.scope_no * 4 + p.period_no) * 2 AS board, p.rule_id, s.author_id, p.score
+head AS (
+    SELECT (b.scope_no * 4 + p.period_no) * 2 AS board, p.place, p.rule_id, p.score
     FROM periods p
-    JOIN rule_scopes s ON s.rule_id = p.rule_id
-    JOIN scope_numbers n ON n.scope = s.scope AND n.scope_key = s.scope_key
+    JOIN rule_boards b ON b.rule_id = p.rule_id
+    WHERE p.place <= :board_size::int * 20
 ),
-entries AS (
-    SELECT board, rule_id AS entity_id, score
-    FROM scoped
+sparse AS (
+    -- (scope, period) pairs whose board has fewer than board_size rules in the head.
+    SELECT n.scope_no, p.period_no
+    FROM scope_numbers n CROSS JOIN generate_series(0, 3) AS p (period_no)
+    EXCEPT
+    SELECT board / 8, (board / 2) % 4 FROM head GROUP BY board HAVING count(*) >= :board_size::int
+),
+rule_entries AS (
+    SELECT board, place, rule_id, score FROM head
     UNION ALL
-    -- Rounded so that sums taken in another order still tie exactly.
-    SELECT board + 1, author_id, round(sum(score)::numeric, 6)::float8
-    FROM scoped
-    GROUP BY board, author_id
+    SELECT (b.scope_no * 4 + p.period_no) * 2, p.place, p.rule_id, p.score
+    FROM sparse x
+    JOIN rule_boards b ON b.scope_no = x.scope_no
+    JOIN periods p ON p.rule_id = b.rule_id AND p.period_no = x.period_no
+    WHERE p.place > :board_size::int * 20
+      AND EXISTS (SELECT 1 FROM sparse)  -- evaluated once: no sparse board, no join at all
+),
+author_scopes AS (
+    -- Only positive rule scores count, as only they are ranked.
+    SELECT b.author_id, b.scope_no, sum(greatest(w.daily, 0)) AS daily,
+           sum(greatest(w.weekly, 0)) AS weekly, sum(greatest(w.monthly, 0)) AS monthly,
+           sum(greatest(w.all_time, 0)) AS all_time
+    FROM rollup_stage_window w
+    JOIN rule_boards b ON b.rule_id = w.rule_id
+    WHERE w.run_id = :run_id AND w.day = :day::date
+    GROUP BY b.author_id, b.scope_no
 ),
 ranked AS (
+    SELECT board, rule_id AS entity_id, score,
+           row_number() OVER (PARTITION BY board ORDER BY place) AS rank
+    FROM rule_entries
+    UNION ALL
     SELECT board, entity_id, score,
            row_number() OVER (PARTITION BY board ORDER BY score DESC, entity_id COLLATE "C")
-               AS rank
-    FROM entries
+    FROM (
+        -- Rounded so that sums taken in another order still tie exactly.
+        SELECT (a.scope_no * 4 + p.period_no) * 2 + 1 AS board, a.author_id AS entity_id,
+               round(p.score::numeric, 6)::float8 AS score
+        FROM author_scopes a
+        CROSS JOIN LATERAL (VALUES (0, a.daily), (1, a.weekly), (2, a.monthly), (3, a.all_time))
+            AS p (period_no, score)
+        WHERE p.score > 0
+    ) AS author_entries
 ),
 inserted AS (
     INSERT INTO leaderboard_snapshot (day, period, entity, scope, scope_key, rank, entity_id, score)

@@ -329,6 +329,35 @@ async def test_board_size_limits_each_board(pool: asyncpg.Pool, db_url: str) -> 
     assert len(sizes) == 8
 
 
+async def test_sparse_boards_are_ranked_beyond_the_head(pool: asyncpg.Pool, db_url: str) -> None:
+    """Rule boards are ranked from each period's first board_size * 20 rules; a board with too
+    few rules there (a rare tag, a rare model) is ranked from all its rules, and every board
+    still equals the reference."""
+    rules = [
+        Rule(
+            f"rul_{n:02d}",
+            f"usr_{n % 7}",
+            ("common", f"rare{n % 3}") if n > 50 else ("common",),
+            "odd" if n % 29 == 0 else "gpt",
+        )
+        for n in range(60)
+    ]
+    ref = Reference(rules={r.id: r for r in rules}, board_size=2)
+    for n, rule in enumerate(rules):  # rul_00 is the busiest, rul_59 the quietest
+        ref.events += [Event("VIEW", rule.id, f"ip{k}", at(BASE)) for k in range(60 - n)]
+        ref.events += [Event("COPY", rule.id, None, at(BASE - timedelta(days=n % 9)))]
+    await insert_rules(pool, rules)
+    await insert_events(pool, ref.events)
+    settings = make_settings(db_url, leaderboard_size=2)  # a head of 40 rules per period
+    await run_rollup(pool, end_day=BASE, days=10, settings=settings)
+    board = await board_rows(pool, BASE)
+    assert board == ref.leaderboards(BASE)
+    assert {(r[3], r[5]) for r in board if r[:2] == ("DAILY", "RULE") and r[4] == 1} >= {
+        ("rare0", "rul_51"),
+        ("odd", "rul_00"),
+    }
+
+
 async def test_dry_run_writes_nothing(pool: asyncpg.Pool, settings: Settings) -> None:
     await load(pool, fixed_reference())
     report = await roll(pool, settings, dry_run=True)
