@@ -557,3 +557,30 @@ async def test_odd_credential_headers_are_401_not_500(http: httpx.AsyncClient) -
             "/ingest/events", json={"events": [{}]}, headers=[("x-app-token", token)]
         )
         assert_error(response, 401)
+
+
+async def test_odd_query_strings_and_paths_are_4xx(http: httpx.AsyncClient) -> None:
+    for query in (
+        "q=%ff%fe",
+        "q=%00",
+        "q=%",
+        "q=a&q=b&limit=%ff",
+        "limit=1&limit=x&q=a",
+        "q=" + "%e2%82" * 50,
+    ):
+        response = await http.get(f"/internal/search?{query}", headers=APP_HEADERS)
+        assert_answered(response)
+    for path in ("/ingest/events%00", "/%ff", "/ingest/../cron/rollup", "/" + "a" * 5000):
+        response = await http.post(path, json={}, headers={**APP_HEADERS, **CRON_HEADERS})
+        assert_answered(response)
+
+
+async def test_headers_over_the_size_limit_are_a_4xx_with_the_error_model(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post(
+        "/ingest/events", json={"events": [{}]}, headers={"x-app-token": "x" * 20_000}
+    )
+    error = assert_error(response, 431)
+    assert error["code"] == "request_headers_too_large"
+    assert "8192 bytes" in error["message"]

@@ -28,6 +28,8 @@ _SANIC_CODES = {
     416: "range_not_satisfiable",
     503: "service_unavailable",
 }
+# RFC 6585's status for headers too large (Sanic reports them as a 413, like a large body).
+HEADERS_TOO_LARGE = 431
 # nginx's code for "the client closed the connection before the answer": nobody reads it.
 CLIENT_CLOSED = 499
 # A defer takes a connection from Procrastinate's pool, then may read the waiting job.
@@ -59,6 +61,10 @@ def _from_sanic(request: Request, exc: SanicException) -> tuple[int, str, str]:
         # A browser preflight (OPTIONS) or a stray browser call: refuse it like any browser request.
         refusal = BrowserForbidden()
         return refusal.status, refusal.code, refusal.message
+    if status == 413 and "header" in str(exc).lower():
+        limit = request.app.config.REQUEST_MAX_HEADER_SIZE
+        message = f"the request headers exceed the limit of {limit} bytes"
+        return HEADERS_TOO_LARGE, "request_headers_too_large", message
     if status == 413:
         limit = request.app.config.REQUEST_MAX_SIZE
         return 413, "payload_too_large", f"the request body exceeds the limit of {limit} bytes"

@@ -248,7 +248,8 @@ def configure(app: Sanic) -> None:
         "with 403 on every path but /health. Every error is `ErrorBody`; every answer carries "
         "`x-request-id`. Duplicate keys in a JSON object: the last one wins (as in every "
         "common JSON parser). NUL characters in any JSON string are refused with 400 "
-        "(PostgreSQL text cannot hold them).",
+        "(PostgreSQL text cannot hold them), and so is JSON nested deeper than 254 levels. "
+        "Any route answers 431 to headers over 8 KiB and 413 to a body over 5 MiB.",
     )
     spec.add_security_scheme(APP_TOKEN_SCHEME, "apiKey", location="header", name="x-app-token")
     spec.add_security_scheme(CRON_SECRET_SCHEME, "apiKey", location="header", name="x-cron-secret")
