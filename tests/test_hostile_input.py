@@ -584,3 +584,18 @@ async def test_headers_over_the_size_limit_are_a_4xx_with_the_error_model(
     error = assert_error(response, 431)
     assert error["code"] == "request_headers_too_large"
     assert "8192 bytes" in error["message"]
+
+
+async def test_the_webhook_verifies_the_raw_body_whatever_its_content_type(
+    http: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """Stripe's contract is the signature over the raw bytes, not the Content-Type."""
+    body = orjson.dumps(stripe_helpers.event("ping", {}))
+    for content_type in ("text/plain", "application/octet-stream"):
+        response = await http.post(
+            stripe_helpers.WEBHOOK_PATH,
+            content=body,
+            headers={"stripe-signature": stripe_helpers.sign(body), "content-type": content_type},
+        )
+        assert response.status_code == 200, response.text
+    assert await pool.fetchval("SELECT count(*) FROM stripe_events") == 1
