@@ -213,6 +213,11 @@ async def test_credentials_are_compared_in_constant_time_against_every_accepted_
     compared.clear()
     await http.post("/cron/rebuild-search", headers={"x-cron-secret": CRON_SECRET})
     assert compared == [(CRON_SECRET.encode(), CRON_SECRET.encode())]
+    # The webhook signature is checked by stripe-python, with the same function.
+    compared.clear()
+    evt = stripe_helpers.event("ping", {})
+    assert (await stripe_helpers.deliver(http, evt)).status_code == 200
+    assert compared and all(isinstance(a, str) and len(a) == 64 for a, _ in compared)
 
 
 def test_no_credential_is_compared_with_equality_in_the_http_edge() -> None:
