@@ -1,7 +1,7 @@
 """Rollup figures: the nightly 30-day rollup vs the bare capped-count aggregate, same database.
 
     python -m bench.rollup          # own database (BENCH_DATABASE_URL / DATABASE_URL or embedded)
-    BENCH_ROLLUP_EVENTS=500000 python -m bench.rollup    # a quick look
+    BENCH_ROLLUP_EVENTS=500000 python -m bench.rollup    # a quick look (BENCH_ROLLUP_ROUNDS=1)
 
 `measure_rollup(db_url)` generates the events with SQL (skewed rules and client IPs, mostly
 VIEWs, in time order as intake writes them), then times, alternately and twice each, the
@@ -32,7 +32,7 @@ AUTHORS = 1_000
 IPS = 100_000
 TAGS = 30
 MODELS = 5
-ROUNDS = 2
+ROUNDS = int(os.environ.get("BENCH_ROLLUP_ROUNDS", "2"))
 
 # Ids as bench.ingest.seed writes them, so either seeding leaves the same catalogue shape.
 SEED_USERS = """
