@@ -52,7 +52,8 @@ async def job_status(pool: asyncpg.Pool, job_id: int) -> str:
 
 async def someone_waits_for_a_lock(pool: asyncpg.Pool) -> bool:
     waiting = await pool.fetchval(
-        "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE NOT l.granted AND a.datname = current_database()"
     )
     return bool(waiting)
 
