@@ -211,7 +211,7 @@ def table(r: dict[str, Any]) -> str:
     elif r.get("rollup_s") is not None:
         events = r.get("rollup", {}).get("rollup_events", 0)
         rows += [
-            (f"full 30-day rollup, {events / 1e6:g}M events", f"{r['rollup_s']:.1f} s"),
+            (f"full 30-day rollup, {events / 1e6:.1f}M events", f"{r['rollup_s']:.1f} s"),
             ("bare capped-count aggregate", f"{r['bare_aggregate_s']:.1f} s"),
             ("**rollup / bare**", f"**{r['rollup_vs_bare']:.2f} x** (target <= 1.0, < 30 s)"),
         ]
