@@ -23,7 +23,7 @@ known AS (
       AND ci.external_id IN (SELECT external_id FROM incoming)
 ),
 changed AS (
-    SELECT i.*, (k.external_id IS NULL) AS is_new
+    SELECT i.*
     FROM incoming i
     LEFT JOIN known k ON k.external_id = i.external_id
     WHERE k.external_id IS NULL OR k.content_hash IS DISTINCT FROM i.content_hash
@@ -44,6 +44,9 @@ saved_rules AS (
     RETURNING r.id, r.external_id
 ),
 saved_items AS (
+    -- The outcome comes from what this statement really wrote, not from its snapshot: a batch
+    -- racing another one with the same item sees no stored row, yet only one of them inserts it.
+    -- Inserted rows have xmax = 0; a conflicting row with the same content hash is not written.
     INSERT INTO crawl_items AS ci
         (source_id, external_id, url, title, summary, raw, content_hash, rule_id)
     SELECT :source_id::text, c.external_id, c.url, c.title, c.summary, c.raw, c.content_hash,
@@ -59,15 +62,16 @@ saved_items AS (
         content_hash = EXCLUDED.content_hash,
         rule_id = EXCLUDED.rule_id,
         updated_at = now()
-    RETURNING ci.external_id
+    WHERE ci.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+    RETURNING ci.external_id, (ci.xmax = 0) AS inserted
 )
 SELECT i.external_id,
-       CASE WHEN c.external_id IS NULL THEN 'unchanged'
-            WHEN c.is_new THEN 'created'
+       CASE WHEN si.external_id IS NULL THEN 'unchanged'
+            WHEN si.inserted THEN 'created'
             ELSE 'updated' END AS outcome,
        coalesce(sr.id, k.rule_id) AS rule_id
 FROM incoming i
-LEFT JOIN changed c ON c.external_id = i.external_id
+LEFT JOIN saved_items si ON si.external_id = i.external_id
 LEFT JOIN saved_rules sr ON sr.external_id = i.external_id
 LEFT JOIN known k ON k.external_id = i.external_id;
 
