@@ -128,6 +128,8 @@ async def _open_resources(app: Sanic) -> None:
         max_size=4,
         open=False,
         check=AsyncConnectionPool.check_connection,
+        # A defer waits no longer for a connection than a request does for an asyncpg one.
+        timeout=settings.db_acquire_timeout_s,
     )
     await app.ctx.jobs_pool.open(wait=False)
     app.ctx.jobs = jobs.create_app(settings.database_url or "")
