@@ -408,7 +408,8 @@ async def _stage_in_parallel(
     pool: asyncpg.Pool, *, run_id: int, report: RollupReport, config: RollupConfig
 ) -> None:
     """The event scans, then every applied day's windows, each spread over `parallelism`
-    connections, one day per transaction; then the boards' scopes and fresh statistics."""
+    connections, one day per transaction, each followed by fresh statistics; then the boards'
+    scopes."""
 
     async def stage(conn: asyncpg.Connection, day: date) -> None:
         await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
@@ -420,13 +421,14 @@ async def _stage_in_parallel(
 
     await _in_lanes(pool, report.days, config.parallelism, stage)
     async with pool.acquire() as conn:
+        await queries.rollup_analyze_stage(conn)
         report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
     await _in_lanes(
         pool, sorted([*report.days, *report.refreshed_days]), config.parallelism, windows
     )
     async with pool.acquire() as conn:
         await queries.rollup_stage_scopes(conn, run_id=run_id)
-        await queries.rollup_analyze_stage(conn)
+        await queries.rollup_analyze_windows(conn)
 
 
 async def _apply_in_parallel(
@@ -510,10 +512,11 @@ async def _dry_run_days(
         await queries.rollup_lock_day(conn, day=day)
     for day in report.days:
         await stage_day(conn, run_id=run_id, day=day)
+    await queries.rollup_analyze_stage(conn)
     for day in every_day:
         await stage_windows(conn, run_id=run_id, run_days=report.days, day=day, config=config)
     await queries.rollup_stage_scopes(conn, run_id=run_id)
-    await queries.rollup_analyze_stage(conn)
+    await queries.rollup_analyze_windows(conn)
     for day in every_day:
         report.add(
             await roll_day(conn, run_id=run_id, run_days=report.days, day=day, config=config)
