@@ -423,9 +423,9 @@ async def _stage_in_parallel(
     async with pool.acquire() as conn:
         await queries.rollup_analyze_stage(conn)
         report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
-    await _in_lanes(
-        pool, sorted([*report.days, *report.refreshed_days]), config.parallelism, windows
-    )
+    # Latest first: a day's windows read every staged day up to it, so the lanes end together.
+    every_day = sorted([*report.days, *report.refreshed_days], reverse=True)
+    await _in_lanes(pool, every_day, config.parallelism, windows)
     async with pool.acquire() as conn:
         await queries.rollup_stage_scopes(conn, run_id=run_id)
         await queries.rollup_analyze_windows(conn)
