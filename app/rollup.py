@@ -3,8 +3,10 @@
 All counting is done by the SQL in `sql/rollup.sql`; Python only orders the work. A run has
 two phases:
 
-1. *stage*: the per-day event aggregates (the only statements that read `events`) run in
-   parallel over `ROLLUP_PARALLELISM` connections into the unlogged `rollup_stage_rule`;
+1. *stage*: the per-day event aggregates (the only statements that read `events`, plain
+   SELECTs) run in parallel over `ROLLUP_PARALLELISM` connections and their rows are copied
+   into the unlogged `rollup_stage_rule`; with an `events_pool` (a read replica,
+   `ROLLUP_DATABASE_URL`) those SELECTs run there and everything else on `pool`, the primary;
    then, again in parallel, each day to apply gets its rules' window sums and trending
    scores (`rollup_stage_window`, one read of the days up to it: the run's other days from
    the stage, their final new numbers, and older days from the metric tables); the boards'
@@ -24,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -44,6 +47,8 @@ EVENT_TYPES = ("view", "copy", "save", "fork", "vote")
 # refreshes the already-rolled days this many days after it.
 MONTHLY_WINDOW_DAYS = 30
 DRY_RUN_TOP = 5
+# rollup_stage_rule's columns, in the order rollup_day_rule_counts returns them.
+STAGE_RULE_COLUMNS = ("run_id", "day", "rule_id", "views", "copies", "saves", "forks", "votes")
 
 
 @dataclass(frozen=True)
@@ -187,11 +192,39 @@ async def lock_day(conn: asyncpg.Connection, *, day: date, work_mem: str) -> Non
     await queries.rollup_set_work_mem(conn, work_mem=work_mem)
 
 
-async def stage_day(conn: asyncpg.Connection, *, run_id: int, day: date) -> int:
-    """Aggregate one day of events (and donations) into this run's scratch rows."""
-    rules = await queries.rollup_stage_rule_day(conn, run_id=run_id, day=day, view_cap=VIEW_CAP)
+async def count_day_events(
+    conn: asyncpg.Connection, *, run_id: int, day: date
+) -> list[asyncpg.Record]:
+    """One day of events counted per rule (a plain SELECT: a read-only standby can run it),
+    as rows of `rollup_stage_rule`."""
+    rows = queries.rollup_day_rule_counts(conn, run_id=run_id, day=day, view_cap=VIEW_CAP)
+    return [r async for r in rows]
+
+
+async def stage_rule_rows(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> int:
+    """Copy rows of `count_day_events` into the stage (binary COPY, one round trip)."""
+    if rows:
+        await conn.copy_records_to_table(
+            "rollup_stage_rule", records=rows, columns=STAGE_RULE_COLUMNS
+        )
+    return len(rows)
+
+
+async def stage_day(
+    conn: asyncpg.Connection,
+    *,
+    run_id: int,
+    day: date,
+    events_conn: asyncpg.Connection | None = None,
+) -> int:
+    """Aggregate one day of events (and donations) into this run's scratch rows.
+
+    The events are read on `events_conn` (a replica's connection) when given, else on `conn`;
+    the stage is written, and the donations read, on `conn`."""
+    rows = await count_day_events(events_conn or conn, run_id=run_id, day=day)
+    staged = await stage_rule_rows(conn, rows)
     await queries.rollup_stage_author_day(conn, run_id=run_id, day=day)
-    return int(rules)
+    return staged
 
 
 async def apply_day(
@@ -324,11 +357,14 @@ async def run_rollup(
     dry_run: bool = False,
     extra_days: Sequence[date] = (),
     actor: str = "rollup",
+    events_pool: asyncpg.Pool | None = None,
 ) -> RollupReport:
     """Roll up `days` days ending on `end_day` (plus `extra_days`); see the module docstring.
 
     With `dry_run`, everything runs on one connection in one transaction that is rolled back,
-    and the report says what would have been written.
+    and the report says what would have been written. With `events_pool` (a read replica of
+    `pool`'s database), the per-day event aggregates are read there, in read-only
+    transactions, and nothing else is: every write and every other read stays on `pool`.
     """
     config = RollupConfig.from_settings(settings)
     planned, skipped = plan_days(
@@ -345,9 +381,17 @@ async def run_rollup(
     }
     started = time.perf_counter()
     if dry_run:
-        await _dry_run(pool, report=report, config=config, actor=actor, args=args)
+        await _dry_run(pool, events_pool, report=report, config=config, actor=actor, args=args)
     else:
-        await _real_run(pool, report=report, config=config, actor=actor, args=args, started=started)
+        await _real_run(
+            pool,
+            events_pool,
+            report=report,
+            config=config,
+            actor=actor,
+            args=args,
+            started=started,
+        )
     report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
     if dry_run:
         await _record_dry_run(pool, report=report, actor=actor, args=args)
@@ -357,6 +401,7 @@ async def run_rollup(
 
 async def _real_run(
     pool: asyncpg.Pool,
+    events_pool: asyncpg.Pool | None,
     *,
     report: RollupReport,
     config: RollupConfig,
@@ -373,7 +418,7 @@ async def _real_run(
         await queries.rollup_clear_stage(conn, run_id=run_id)
     report.run_id = run_id
     try:
-        await _stage_in_parallel(pool, run_id=run_id, report=report, config=config)
+        await _stage_in_parallel(pool, events_pool, run_id=run_id, report=report, config=config)
         report.stage_ms = round((time.perf_counter() - started) * 1000, 1)
         await _apply_in_parallel(pool, run_id=run_id, report=report, config=config)
         report.apply_ms = round((time.perf_counter() - started) * 1000 - report.stage_ms, 1)
@@ -404,16 +449,36 @@ async def _in_lanes(
     await asyncio.gather(*(lane() for _ in range(max(1, min(lanes, len(days))))))
 
 
+@asynccontextmanager
+async def _events_connection(
+    events_pool: asyncpg.Pool | None, conn: asyncpg.Connection, *, work_mem: str
+) -> AsyncIterator[asyncpg.Connection]:
+    """Where a day's events are read: a read-only transaction on the replica, with the rollup's
+    planner settings (a standby accepts these), or else the caller's own connection."""
+    if events_pool is None:
+        yield conn
+        return
+    async with events_pool.acquire() as replica, replica.transaction(readonly=True):
+        await queries.rollup_set_work_mem(replica, work_mem=work_mem)
+        yield replica
+
+
 async def _stage_in_parallel(
-    pool: asyncpg.Pool, *, run_id: int, report: RollupReport, config: RollupConfig
+    pool: asyncpg.Pool,
+    events_pool: asyncpg.Pool | None,
+    *,
+    run_id: int,
+    report: RollupReport,
+    config: RollupConfig,
 ) -> None:
     """The event scans, then every applied day's windows, each spread over `parallelism`
     connections, one day per transaction, each followed by fresh statistics; then the boards'
-    scopes."""
+    scopes. Only the event scans read from `events_pool`, when there is one."""
 
     async def stage(conn: asyncpg.Connection, day: date) -> None:
         await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
-        await stage_day(conn, run_id=run_id, day=day)
+        async with _events_connection(events_pool, conn, work_mem=config.work_mem) as source:
+            await stage_day(conn, run_id=run_id, day=day, events_conn=source)
 
     async def windows(conn: asyncpg.Connection, day: date) -> None:
         await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
@@ -481,6 +546,7 @@ class _RollBack(Exception):
 
 async def _dry_run(
     pool: asyncpg.Pool,
+    events_pool: asyncpg.Pool | None,
     *,
     report: RollupReport,
     config: RollupConfig,
@@ -496,14 +562,19 @@ async def _dry_run(
                         conn, actor=actor, end_day=report.end_day, days=report.days, args=args
                     )
                 )
-                await _dry_run_days(conn, run_id=run_id, report=report, config=config)
+                await _dry_run_days(conn, events_pool, run_id=run_id, report=report, config=config)
                 raise _RollBack()
         except _RollBack:
             pass
 
 
 async def _dry_run_days(
-    conn: asyncpg.Connection, *, run_id: int, report: RollupReport, config: RollupConfig
+    conn: asyncpg.Connection,
+    events_pool: asyncpg.Pool | None,
+    *,
+    run_id: int,
+    report: RollupReport,
+    config: RollupConfig,
 ) -> None:
     await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
     report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
@@ -511,7 +582,8 @@ async def _dry_run_days(
     for day in every_day:  # in order, so two dry runs cannot deadlock
         await queries.rollup_lock_day(conn, day=day)
     for day in report.days:
-        await stage_day(conn, run_id=run_id, day=day)
+        async with _events_connection(events_pool, conn, work_mem=config.work_mem) as source:
+            await stage_day(conn, run_id=run_id, day=day, events_conn=source)
     await queries.rollup_analyze_stage(conn)
     for day in every_day:
         await stage_windows(conn, run_id=run_id, run_days=report.days, day=day, config=config)

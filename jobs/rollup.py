@@ -59,16 +59,37 @@ def parse_day(value: str | None, *, default: date) -> date:
 
 
 async def open_rollup_pool(settings: Settings) -> asyncpg.Pool:
-    """A pool for one run: ROLLUP_DATABASE_URL (or DATABASE_URL), one connection per lane."""
-    url = settings.rollup_database_url or settings.database_url
-    if not url:
+    """A pool for one run on DATABASE_URL, the primary: every write and every read but the
+    event scans (`open_events_pool`). One connection per lane, and one more."""
+    if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set for this worker")
     return await create_pool(
-        url,
+        settings.database_url,
         min_size=0,
         max_size=settings.rollup_parallelism + 1,
         command_timeout=COMMAND_TIMEOUT_S,
         server_settings={"application_name": "ingest-rollup"},
+    )
+
+
+def events_database_url(settings: Settings) -> str | None:
+    """ROLLUP_DATABASE_URL when it names another database than DATABASE_URL, else None."""
+    url = settings.rollup_database_url
+    return url if url and url != settings.database_url else None
+
+
+async def open_events_pool(settings: Settings) -> asyncpg.Pool | None:
+    """A pool on ROLLUP_DATABASE_URL (a read replica) for the run's per-day event scans, which
+    are plain SELECTs in read-only transactions; None when it is unset or is DATABASE_URL."""
+    url = events_database_url(settings)
+    if url is None:
+        return None
+    return await create_pool(
+        url,
+        min_size=0,
+        max_size=settings.rollup_parallelism,
+        command_timeout=COMMAND_TIMEOUT_S,
+        server_settings={"application_name": "ingest-rollup-events"},
     )
 
 
@@ -91,9 +112,14 @@ async def rollup_and_record(
     actor: str,
     dry_run: bool = False,
 ) -> rollup.RollupReport:
-    """Run on a pool of its own and write the audit row; the CLI calls this too."""
+    """Run on pools of its own and write the audit row; the CLI calls this too.
+
+    With ROLLUP_DATABASE_URL (a read replica) the event scans read there; all else, writes
+    included, runs on DATABASE_URL."""
     pool = await open_rollup_pool(settings)
+    events_pool: asyncpg.Pool | None = None
     try:
+        events_pool = await open_events_pool(settings)
         extra = await backfill_days(pool, today=rollup.utc_today()) if backfill else []
         report = await rollup.run_rollup(
             pool,
@@ -103,6 +129,7 @@ async def rollup_and_record(
             dry_run=dry_run,
             extra_days=extra,
             actor=actor,
+            events_pool=events_pool,
         )
         async with pool.acquire() as conn, conn.transaction():
             await audit.record(
@@ -114,6 +141,8 @@ async def rollup_and_record(
             )
         return report
     finally:
+        if events_pool is not None:
+            await events_pool.close()
         await pool.close()
 
 

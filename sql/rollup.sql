@@ -95,10 +95,13 @@ staged AS (
 )
 SELECT count(*) FROM staged;
 
--- name: rollup_stage_rule_day(run_id, day, view_cap)$
--- The one expensive statement: one day of events (the BRIN index on ts finds its blocks),
--- counted per rule and type. VIEWs are first counted per client IP hash and capped at
--- `view_cap` per (IP, rule, day); views without an IP hash are not capped (docs/rollups.md).
+-- name: rollup_day_rule_counts(run_id, day, view_cap)
+-- The one expensive statement, and the only one that reads `events`: one day of events (the
+-- BRIN index on ts finds its blocks), counted per rule and type. VIEWs are first counted per
+-- client IP hash and capped at `view_cap` per (IP, rule, day); views without an IP hash are not
+-- capped (docs/rollups.md). A plain SELECT, so that it runs on a read-only standby too
+-- (ROLLUP_DATABASE_URL, docs/scaling.md); its rows come in rollup_stage_rule's column order and
+-- are copied into the stage on the primary (app.rollup.stage_day), whichever database read them.
 WITH per_viewer AS (
     SELECT e.rule_id, e.type, CASE WHEN e.type = 'VIEW' THEN e.ip_hash END AS viewer,
            count(*) AS n
@@ -117,18 +120,16 @@ per_rule AS (
            coalesce(sum(n) FILTER (WHERE type = 'VOTE'), 0)::int AS votes
     FROM per_viewer
     GROUP BY rule_id
-),
-staged AS (
-    INSERT INTO rollup_stage_rule (run_id, day, rule_id, views, copies, saves, forks, votes)
-    SELECT :run_id, :day::date, rule_id, views, copies, saves, forks, votes
-    FROM per_rule
-    RETURNING 1
 )
-SELECT count(*) FROM staged;
+SELECT :run_id::bigint AS run_id, :day::date AS day, rule_id, views, copies, saves, forks, votes
+FROM per_rule;
 
 -- name: rollup_stage_author_day(run_id, day)$
 -- The day's author rows from the day's staged rule rows (engagement summed over the author's
--- rules) plus the money kept from donations created that day.
+-- rules) plus the money kept from donations created that day. Always on the primary, even with a
+-- replica for the events: donations are read where they are written, so a day is never marked
+-- rolled (rollup_days.rolled_at) with a refund a lagging replica had not replayed yet, which the
+-- backfill (donations.updated_at > rolled_at) would then never re-roll.
 WITH engagement AS (
     SELECT r.author_id, sum(s.views)::int AS views, sum(s.copies)::int AS copies,
            sum(s.saves)::int AS saves, sum(s.forks)::int AS forks, sum(s.votes)::int AS votes

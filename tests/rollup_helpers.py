@@ -222,3 +222,10 @@ async def board_rows(conn: Any, day: date) -> set[tuple[str, str, str, str, int,
 
 def counts_of(rows: dict[Any, dict[str, Any]], columns: tuple[str, ...]) -> dict[Any, dict]:
     return {key: {c: row[c] for c in columns} for key, row in rows.items()}
+
+
+async def load_reference(conn: asyncpg.Connection | asyncpg.Pool, ref: Reference) -> None:
+    """A reference's users, rules, events and donations, as rows."""
+    await insert_rules(conn, list(ref.rules.values()))
+    await insert_events(conn, ref.events)
+    await insert_donations(conn, ref.donations)
