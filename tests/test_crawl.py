@@ -14,6 +14,7 @@ import pytest
 from app.crawl import MAX_ITEMS, MAX_RAW_BYTES, import_items, register_source, validate_items
 from tests.conftest import APP_HEADERS, RunningServer, make_settings
 from tests.factories import create_user
+from tests.http_helpers import announce
 
 
 async def add_source(pool: asyncpg.Pool, name: str = "Acme prompts") -> tuple[str, str]:
@@ -44,27 +45,6 @@ async def send(
         headers=APP_HEADERS,
         **kwargs,
     )
-
-
-async def post_headers_only(http: httpx.AsyncClient, *, content_length: int) -> tuple[int, str]:
-    """Announce a body of `content_length` bytes without sending it, as curl does with
-    `Expect: 100-continue`; return the status and error message the server answers with."""
-    reader, writer = await asyncio.open_connection(http.base_url.host, http.base_url.port)
-    head = (
-        f"POST /ingest/crawl HTTP/1.1\r\nhost: {http.base_url.host}\r\n"
-        f"x-app-token: {APP_HEADERS['x-app-token']}\r\ncontent-type: application/json\r\n"
-        f"content-length: {content_length}\r\n\r\n"
-    )
-    writer.write(head.encode())
-    await writer.drain()
-    try:
-        response = await asyncio.wait_for(reader.read(65536), timeout=10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head_part, _, body = response.partition(b"\r\n\r\n")
-    status = int(head_part.split(b" ", 2)[1])
-    return status, orjson.loads(body)["error"]["message"]
 
 
 async def row_versions(pool: asyncpg.Pool, table: str) -> dict[str, str]:
@@ -259,7 +239,8 @@ async def test_request_limits(http: httpx.AsyncClient, pool: asyncpg.Pool) -> No
     empty = await send(http, source_id, [])
     assert empty.status_code == 400
 
-    status, message = await post_headers_only(http, content_length=5 * 1024 * 1024 + 1)
+    status, answer = await announce(http, "/ingest/crawl", 5 * 1024 * 1024 + 1)
+    message = answer["error"]["message"]
     assert status == 413
     assert str(5 * 1024 * 1024) in message
 
