@@ -3,10 +3,11 @@
 All counting is done by the SQL in `sql/rollup.sql`; Python only orders the work. A run has
 two phases:
 
-1. *stage*: the per-day event aggregates (the only statements that read `events`, plain
-   SELECTs) run in parallel over `ROLLUP_PARALLELISM` connections and their rows are copied
-   into the unlogged `rollup_stage_rule`; with an `events_pool` (a read replica,
-   `ROLLUP_DATABASE_URL`) those SELECTs run there and everything else on `pool`, the primary;
+1. *stage*: the per-day event aggregates (the only statements that read `events`) run in
+   parallel over `ROLLUP_PARALLELISM` connections into the unlogged `rollup_stage_rule`;
+   with an `events_pool` (a read replica, `ROLLUP_DATABASE_URL`) they run there as plain
+   SELECTs whose rows are copied into the stage, and everything else runs on `pool`, the
+   primary;
    then, again in parallel, each day to apply gets its rules' window sums and trending
    scores (`rollup_stage_window`, one read of the days up to it: the run's other days from
    the stage, their final new numbers, and older days from the metric tables); the boards'
@@ -219,10 +220,16 @@ async def stage_day(
 ) -> int:
     """Aggregate one day of events (and donations) into this run's scratch rows.
 
-    The events are read on `events_conn` (a replica's connection) when given, else on `conn`;
-    the stage is written, and the donations read, on `conn`."""
-    rows = await count_day_events(events_conn or conn, run_id=run_id, day=day)
-    staged = await stage_rule_rows(conn, rows)
+    Without `events_conn`, the day's events are counted into the stage by one statement on
+    `conn`. With it (a replica's connection), they are counted there and the rows copied into
+    the stage on `conn`. The donations are always read, and the stage written, on `conn`."""
+    if events_conn is None:
+        staged = int(
+            await queries.rollup_stage_rule_day(conn, run_id=run_id, day=day, view_cap=VIEW_CAP)
+        )
+    else:
+        rows = await count_day_events(events_conn, run_id=run_id, day=day)
+        staged = await stage_rule_rows(conn, rows)
     await queries.rollup_stage_author_day(conn, run_id=run_id, day=day)
     return staged
 
@@ -451,12 +458,13 @@ async def _in_lanes(
 
 @asynccontextmanager
 async def _events_connection(
-    events_pool: asyncpg.Pool | None, conn: asyncpg.Connection, *, work_mem: str
-) -> AsyncIterator[asyncpg.Connection]:
+    events_pool: asyncpg.Pool | None, *, work_mem: str
+) -> AsyncIterator[asyncpg.Connection | None]:
     """Where a day's events are read: a read-only transaction on the replica, with the rollup's
-    planner settings (a standby accepts these), or else the caller's own connection."""
+    planner settings (a standby accepts these); None without a replica (`stage_day` then
+    reads them on its own connection)."""
     if events_pool is None:
-        yield conn
+        yield None
         return
     async with events_pool.acquire() as replica, replica.transaction(readonly=True):
         await queries.rollup_set_work_mem(replica, work_mem=work_mem)
@@ -477,7 +485,7 @@ async def _stage_in_parallel(
 
     async def stage(conn: asyncpg.Connection, day: date) -> None:
         await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
-        async with _events_connection(events_pool, conn, work_mem=config.work_mem) as source:
+        async with _events_connection(events_pool, work_mem=config.work_mem) as source:
             await stage_day(conn, run_id=run_id, day=day, events_conn=source)
 
     async def windows(conn: asyncpg.Connection, day: date) -> None:
@@ -582,7 +590,7 @@ async def _dry_run_days(
     for day in every_day:  # in order, so two dry runs cannot deadlock
         await queries.rollup_lock_day(conn, day=day)
     for day in report.days:
-        async with _events_connection(events_pool, conn, work_mem=config.work_mem) as source:
+        async with _events_connection(events_pool, work_mem=config.work_mem) as source:
             await stage_day(conn, run_id=run_id, day=day, events_conn=source)
     await queries.rollup_analyze_stage(conn)
     for day in every_day:

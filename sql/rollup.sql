@@ -95,34 +95,26 @@ staged AS (
 )
 SELECT count(*) FROM staged;
 
--- name: rollup_day_rule_counts(run_id, day, view_cap)
--- The one expensive statement, and the only one that reads `events`: one day of events (the
--- BRIN index on ts finds its blocks), counted per rule and type. VIEWs are first counted per
--- client IP hash and capped at `view_cap` per (IP, rule, day); views without an IP hash are not
--- capped (docs/rollups.md). A plain SELECT, so that it runs on a read-only standby too
--- (ROLLUP_DATABASE_URL, docs/scaling.md); its rows come in rollup_stage_rule's column order and
--- are copied into the stage on the primary (app.rollup.stage_day), whichever database read them.
-WITH per_viewer AS (
-    SELECT e.rule_id, e.type, CASE WHEN e.type = 'VIEW' THEN e.ip_hash END AS viewer,
-           count(*) AS n
-    FROM events e
-    WHERE e.ts >= (:day::date)::timestamp AT TIME ZONE 'UTC'
-      AND e.ts < (:day::date + 1)::timestamp AT TIME ZONE 'UTC'
-    GROUP BY 1, 2, 3
-),
-per_rule AS (
-    SELECT rule_id,
-           coalesce(sum(CASE WHEN viewer IS NOT NULL THEN least(n, :view_cap::int) ELSE n END)
-                    FILTER (WHERE type = 'VIEW'), 0)::int AS views,
-           coalesce(sum(n) FILTER (WHERE type = 'COPY'), 0)::int AS copies,
-           coalesce(sum(n) FILTER (WHERE type = 'SAVE'), 0)::int AS saves,
-           coalesce(sum(n) FILTER (WHERE type = 'FORK'), 0)::int AS forks,
-           coalesce(sum(n) FILTER (WHERE type = 'VOTE'), 0)::int AS votes
-    FROM per_viewer
-    GROUP BY rule_id
+-- name: rollup_stage_rule_day(run_id, day, view_cap)$
+-- The one expensive statement: one day of events (the BRIN index on ts finds its blocks),
+-- counted per rule and type into the stage, in one statement on the primary. The counting
+-- (views capped per client IP, docs/rollups.md) is the SQL function rollup_rule_counts_of_day
+-- (migrations/0010), which the planner inlines here, shared with rollup_day_rule_counts.
+WITH staged AS (
+    INSERT INTO rollup_stage_rule (run_id, day, rule_id, views, copies, saves, forks, votes)
+    SELECT :run_id, :day::date, c.rule_id, c.views, c.copies, c.saves, c.forks, c.votes
+    FROM rollup_rule_counts_of_day(:day::date, :view_cap::int) AS c
+    RETURNING 1
 )
-SELECT :run_id::bigint AS run_id, :day::date AS day, rule_id, views, copies, saves, forks, votes
-FROM per_rule;
+SELECT count(*) FROM staged;
+
+-- name: rollup_day_rule_counts(run_id, day, view_cap)
+-- The same counts as a plain SELECT, for a read replica (ROLLUP_DATABASE_URL, docs/scaling.md:
+-- a standby refuses every write): the rows come in rollup_stage_rule's column order and are
+-- copied into the stage on the primary (app.rollup.stage_day).
+SELECT :run_id::bigint AS run_id, :day::date AS day, c.rule_id, c.views, c.copies, c.saves,
+       c.forks, c.votes
+FROM rollup_rule_counts_of_day(:day::date, :view_cap::int) AS c;
 
 -- name: rollup_stage_author_day(run_id, day)$
 -- The day's author rows from the day's staged rule rows (engagement summed over the author's
