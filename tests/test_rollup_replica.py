@@ -19,7 +19,14 @@ import asyncpg
 import pytest
 
 from app.db import create_pool
-from app.rollup import RollupReport, run_rollup, window
+from app.rollup import (
+    RollupReport,
+    count_day_events,
+    run_rollup,
+    stage_day,
+    stage_rule_rows,
+    window,
+)
 from app.settings import Settings
 from jobs.rollup import events_database_url, open_events_pool, rollup_and_record
 from tests.conftest import make_settings, with_database
@@ -285,3 +292,30 @@ async def test_the_simulated_replica_refuses_a_whole_rollup(replica_url: str) ->
             )
     finally:
         await pool.close()
+
+
+async def test_both_stage_statements_count_alike_with_the_function_inlined(db_url: str) -> None:
+    """The primary's INSERT ... SELECT and the replica's SELECT share one counting function,
+    which the planner must inline (a function scan would hide the events from the planner)."""
+    await load(db_url, reference())
+    conn = await asyncpg.connect(db_url)
+    try:
+        for day in DAYS:
+            await stage_day(conn, run_id=1, day=day)
+            selected = await count_day_events(conn, run_id=2, day=day)
+            await stage_rule_rows(conn, selected)
+        staged = await conn.fetch(
+            "SELECT run_id, day, rule_id, views, copies, saves, forks, votes"
+            " FROM rollup_stage_rule ORDER BY day, rule_id, run_id"
+        )
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT * FROM rollup_rule_counts_of_day($1, $2)", DAYS[0], 5
+        )
+    finally:
+        await conn.close()
+    by_run: dict[int, list[tuple[Any, ...]]] = {1: [], 2: []}
+    for row in staged:
+        by_run[row["run_id"]].append(tuple(row)[1:])
+    assert by_run[1] == by_run[2]
+    assert len(by_run[1]) == len(reference().rule_metrics())
+    assert "Function Scan" not in str(plan) and "events" in str(plan)
