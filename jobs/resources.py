@@ -10,10 +10,24 @@ import asyncio
 from dataclasses import dataclass
 
 import asyncpg
-from procrastinate import JobContext
+from procrastinate import JobContext, RetryStrategy
+from procrastinate.jobs import Job
+from procrastinate.retry import RetryDecision
 
 from app.db import create_pool
+from app.errors import IngestError
 from app.settings import Settings
+
+
+class RetryUnlessInvalid(RetryStrategy):
+    """Procrastinate's retry strategy, except for a job whose arguments are wrong (an
+    `IngestError` with a 4xx status, such as a malformed date deferred from a shell): running it
+    again cannot succeed, so it fails at once instead of after every back-off."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, IngestError) and exception.status < 500:
+            return None
+        return super().get_retry_decision(exception=exception, job=job)
 
 
 @dataclass

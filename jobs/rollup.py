@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from procrastinate import App, JobContext, RetryStrategy
+from procrastinate import App, JobContext
 from procrastinate.exceptions import AlreadyEnqueued
 
 from app import audit, rollup
@@ -25,7 +25,7 @@ from app.db import create_pool
 from app.errors import DatabaseUnavailable, ValidationFailed
 from app.settings import Settings
 from jobs.notifications import defer_notify
-from jobs.resources import resources_for
+from jobs.resources import RetryUnlessInvalid, resources_for
 
 logger = logging.getLogger("ingest.jobs.rollup")
 
@@ -215,8 +215,8 @@ def register(app: App) -> None:
         queue=QUEUE,
         lock=ROLLUP_LOCK,
         queueing_lock=ROLLUP_LOCK,
-        # 5 retries after 4 s, 16 s, 64 s, 4 min, 17 min.
-        retry=RetryStrategy(max_attempts=5, exponential_wait=4),
+        # 5 retries after 4 s, 16 s, 64 s, 4 min, 17 min; none for invalid arguments.
+        retry=RetryUnlessInvalid(max_attempts=5, exponential_wait=4),
     )(run_rollup_task)
     app.periodic(cron=NIGHTLY_CRON, periodic_id="nightly_rollup")(task)
     backfill = app.task(
@@ -224,6 +224,6 @@ def register(app: App) -> None:
         pass_context=True,
         queue=QUEUE,
         queueing_lock=BACKFILL_TASK,
-        retry=RetryStrategy(max_attempts=3, exponential_wait=4),
+        retry=RetryUnlessInvalid(max_attempts=3, exponential_wait=4),
     )(rollup_backfill)
     app.periodic(cron=BACKFILL_CRON, periodic_id="rollup_backfill")(backfill)

@@ -141,6 +141,19 @@ async def test_backfill_task_queues_a_rollup_for_missing_days(
     assert await pool.fetchval("SELECT count(*) FROM rollup_runs") == 1  # nothing missing now
 
 
+async def test_a_rollup_with_invalid_arguments_fails_at_once(
+    pool: asyncpg.Pool, proc_app: Any, run_jobs: Callable[[], Awaitable[None]]
+) -> None:
+    """A malformed date from a shell cannot succeed on a retry: one attempt, then failed."""
+    await proc_app.configure_task("rollup").defer_async(date="not-a-date")
+    await run_jobs()
+    job = await pool.fetchrow(
+        "SELECT status::text, attempts FROM procrastinate_jobs WHERE task_name = 'rollup'"
+    )
+    assert (job["status"], job["attempts"]) == ("failed", 1)
+    assert await pool.fetchval("SELECT count(*) FROM rollup_runs") == 0
+
+
 def _subprocess_env(db_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TEST_DATABASE_URL"}
     env.update({"DATABASE_URL": db_url, "LOG_LEVEL": "WARNING"})
