@@ -10,6 +10,7 @@ from typing import Any
 import aiosql
 import asyncpg
 import orjson
+from procrastinate.exceptions import ConnectorException
 
 from app.errors import DatabaseUnavailable
 from app.settings import PROJECT_ROOT
@@ -33,6 +34,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InternalClientError,
+    # Procrastinate's psycopg errors, its pool's timeout included (app/server.py bounds that
+    # pool's wait by DB_ACQUIRE_TIMEOUT_S): a job defer that cannot reach the database.
+    ConnectorException,
 )
 
 

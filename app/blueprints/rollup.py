@@ -12,7 +12,6 @@ from sanic_ext import openapi
 
 from app import audit, rollup
 from app.db import transaction
-from app.http.errors import within_acquire_timeout
 from app.http.openapi import (
     CRON_SECRET,
     JobQueued,
@@ -83,11 +82,13 @@ async def trigger_rollup(request: Request) -> HTTPResponse:
         return await _dry_run(request, body)
     settings = request.app.ctx.settings
     pool = request.app.ctx.pool
-    timeout = settings.db_acquire_timeout_s
-    defer = defer_rollup(
-        request.app.ctx.jobs, pool, end_day=body.date, days=body.days_to_process, timeout=timeout
+    queued = await defer_rollup(
+        request.app.ctx.jobs,
+        pool,
+        end_day=body.date,
+        days=body.days_to_process,
+        timeout=settings.db_acquire_timeout_s,
     )
-    queued = await within_acquire_timeout(defer, acquire_timeout=timeout)
     async with transaction(pool, timeout=settings.db_acquire_timeout_s) as conn:
         await audit.record(
             conn,

@@ -19,7 +19,6 @@ from sanic_ext import openapi
 from app import audit, search
 from app.db import transaction
 from app.errors import ValidationFailed
-from app.http.errors import within_acquire_timeout
 from app.http.openapi import (
     APP_TOKEN,
     CRON_SECRET,
@@ -90,10 +89,7 @@ async def rebuild_search(request: Request) -> HTTPResponse:
     """202 with the queued job; while one waits, every call answers with that same job."""
     settings = request.app.ctx.settings
     pool = request.app.ctx.pool
-    timeout = settings.db_acquire_timeout_s
-    queued = await within_acquire_timeout(
-        defer_rebuild(request.app.ctx.jobs, pool, timeout=timeout), acquire_timeout=timeout
-    )
+    queued = await defer_rebuild(request.app.ctx.jobs, pool, timeout=settings.db_acquire_timeout_s)
     async with transaction(pool, timeout=settings.db_acquire_timeout_s) as conn:
         await audit.record(
             conn,

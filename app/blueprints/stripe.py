@@ -17,7 +17,6 @@ from sanic_ext import openapi
 from app import metrics, stripe_inbox
 from app.db import transaction
 from app.errors import DatabaseUnavailable, StripeEventInvalid, StripeSignatureInvalid
-from app.http.errors import within_acquire_timeout
 from app.http.openapi import (
     STRIPE_SIGNATURE,
     ResponseModel,
@@ -128,10 +127,7 @@ async def _audit_rejection(
 async def _defer(request: Request, event_id: str) -> None:
     """Queue processing after the commit; if that fails, the sweeper queues it within minutes."""
     try:
-        await within_acquire_timeout(
-            defer_processing(request.app.ctx.jobs, event_id=event_id),
-            acquire_timeout=request.app.ctx.settings.db_acquire_timeout_s,
-        )
+        await defer_processing(request.app.ctx.jobs, event_id=event_id)
     except Exception:
         logger.warning(
             "Stripe event stored but not queued; the sweeper will queue it",

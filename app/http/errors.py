@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
-from procrastinate.exceptions import ConnectorException
 from sanic import Request
 from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
@@ -32,23 +29,6 @@ _SANIC_CODES = {
 HEADERS_TOO_LARGE = 431
 # nginx's code for "the client closed the connection before the answer": nobody reads it.
 CLIENT_CLOSED = 499
-# A defer takes a connection from Procrastinate's pool, then may read the waiting job.
-DEFER_TIMEOUT_FACTOR = 2
-
-T = TypeVar("T")
-
-
-async def within_acquire_timeout(defer: Awaitable[T], *, acquire_timeout: float) -> T:
-    """Await a job defer, bounded like any other database work of a request.
-
-    Procrastinate's psycopg pool waits up to 30 s for a connection: with the database down a
-    cron call would hang that long, then fail as a 500. Past twice the acquire timeout, or
-    when Procrastinate cannot connect, the answer is a 503 with Retry-After instead.
-    """
-    try:
-        return await asyncio.wait_for(defer, acquire_timeout * DEFER_TIMEOUT_FACTOR)
-    except (TimeoutError, ConnectorException) as exc:
-        raise DatabaseUnavailable() from exc
 
 
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
