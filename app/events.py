@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,9 +28,11 @@ MAX_IDEMPOTENCY_KEY_CHARS = 128
 MAX_FUTURE = timedelta(minutes=5)
 MAX_AGE = timedelta(days=30)
 VIEW_WINDOW = timedelta(minutes=10)
-EVENT_TYPES = frozenset({"VIEW", "COPY", "SAVE", "FORK", "VOTE"})
+EventType = Literal["VIEW", "COPY", "SAVE", "FORK", "VOTE"]
+EVENT_TYPES = frozenset(get_args(EventType))
 # Site ids are cuid-style: letters, digits, `_` and `-`, at most 128 characters.
-_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+ID_PATTERN = r"[A-Za-z0-9_\-]{1,128}"
+_ID = re.compile(ID_PATTERN)
 # A deadlock between two concurrent batches aborts one of them; nothing was written, so the
 # whole statement is simply run again. So is a batch whose rule or user was deleted between
 # its probe and its insert: run again, the probe names the event.

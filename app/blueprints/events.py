@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 from sanic import Blueprint, Request
@@ -13,10 +12,12 @@ from sanic_ext import openapi
 from app.client_ip import forwarded_or_peer
 from app.errors import ValidationFailed
 from app.events import (
+    ID_PATTERN,
     MAX_BODY_BYTES,
     MAX_EVENTS,
     MAX_IDEMPOTENCY_KEY_CHARS,
     EventBatch,
+    EventType,
     check_batch_size,
     ip_hasher,
     prepare_batch,
@@ -34,14 +35,15 @@ from app.http.render import json_response, read_json, validation_details
 
 bp = Blueprint("events")
 
-SITE_ID = r"^[A-Za-z0-9_\-]{1,128}$"
+# The rules `app.events` applies, as the document states them.
+SITE_ID = f"^{ID_PATTERN}$"
 
 
 class Event(BaseModel):
     """One event as the main API sends it. Documentation only: `app.events` checks each event
     on its own, and one that does not fit is listed in `rejected`, not refused with a 400."""
 
-    type: Literal["VIEW", "COPY", "SAVE", "FORK", "VOTE"]
+    type: EventType
     rule_id: str = Field(alias="ruleId", pattern=SITE_ID)
     user_id: str | None = Field(default=None, alias="userId", pattern=SITE_ID)
     ts: AwareDatetime | None = Field(
