@@ -228,19 +228,29 @@ async def proc_app(db_url: str) -> AsyncIterator[Any]:
         yield app
 
 
+async def drain_queue(
+    proc_app: Any, pool: asyncpg.Pool, settings: Settings, *, queues: list[str] | None = None
+) -> None:
+    """Run every job due now to completion (a worker with wait=False), then return; jobs
+    scheduled for later stay queued."""
+    from jobs.resources import Resources
+
+    await proc_app.run_worker_async(
+        wait=False,
+        install_signal_handlers=False,
+        listen_notify=False,
+        additional_context={"resources": Resources(settings=settings, pool=pool)},
+        **({"queues": queues} if queues else {}),
+    )
+
+
 @pytest.fixture
 def run_jobs(
     proc_app: Any, pool: asyncpg.Pool, settings: Settings
 ) -> Callable[[], Awaitable[None]]:
-    """Run every job in the queue to completion (a worker with wait=False), then return."""
-    from jobs.resources import Resources
+    """Drain this test's queue with this test's settings."""
 
     async def run() -> None:
-        await proc_app.run_worker_async(
-            wait=False,
-            install_signal_handlers=False,
-            listen_notify=False,
-            additional_context={"resources": Resources(settings=settings, pool=pool)},
-        )
+        await drain_queue(proc_app, pool, settings)
 
     return run

@@ -12,7 +12,7 @@ import asyncpg
 from app.notifications import notify_authors
 from app.rollup import run_rollup
 from app.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import drain_queue, make_settings
 from tests.rollup_helpers import (
     Donation,
     Event,
@@ -105,7 +105,6 @@ async def test_notify_task_runs_after_a_rollup(
 async def test_event_retention_purges_only_when_configured(
     db_url: str, pool: asyncpg.Pool, proc_app: Any
 ) -> None:
-    from jobs.resources import Resources
 
     await insert_rules(pool, RULES)
     now = datetime.now(UTC)
@@ -116,12 +115,7 @@ async def test_event_retention_purges_only_when_configured(
 
     async def purge(settings: Settings) -> None:
         await proc_app.configure_task("purge_old_events").defer_async()
-        await proc_app.run_worker_async(
-            wait=False,
-            install_signal_handlers=False,
-            listen_notify=False,
-            additional_context={"resources": Resources(settings=settings, pool=pool)},
-        )
+        await drain_queue(proc_app, pool, settings)
 
     await purge(make_settings(db_url))  # 0: keep forever
     assert await pool.fetchval("SELECT count(*) FROM events") == 4

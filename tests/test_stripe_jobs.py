@@ -12,18 +12,8 @@ from app.cli import main
 from app.settings import Settings
 from jobs.resources import Resources
 from jobs.stripe import PROCESS_TASK, SWEEP_TASK, defer_processing, sweep_inbox
-from tests.conftest import make_settings
+from tests.conftest import drain_queue, make_settings
 from tests.stripe_helpers import apply, charge, donation, event, new_id, payment_intent, store
-
-
-async def run_worker(proc_app: Any, pool: asyncpg.Pool, settings: Settings) -> None:
-    """Drain the queue once (jobs scheduled for later stay queued)."""
-    await proc_app.run_worker_async(
-        wait=False,
-        install_signal_handlers=False,
-        listen_notify=False,
-        additional_context={"resources": Resources(settings=settings, pool=pool)},
-    )
 
 
 async def stripe_job(pool: asyncpg.Pool, event_id: str) -> asyncpg.Record:
@@ -52,7 +42,7 @@ async def test_a_failing_task_is_retried_and_then_succeeds(
     await blocking.start()
     await holder.execute("SELECT 1 FROM donations WHERE payment_intent_id = $1 FOR UPDATE", pi)
     try:
-        await run_worker(proc_app, pool, settings)
+        await drain_queue(proc_app, pool, settings)
     finally:
         await blocking.rollback()
         await pool.release(holder)
@@ -72,7 +62,7 @@ async def test_a_failing_task_is_retried_and_then_succeeds(
     await pool.execute(
         "UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = $1", job["id"]
     )
-    await run_worker(proc_app, pool, settings)
+    await drain_queue(proc_app, pool, settings)
     job = await stripe_job(pool, refund["id"])
     assert job["status"] == "succeeded"
     inbox = await pool.fetchrow("SELECT * FROM stripe_events WHERE id = $1", refund["id"])
@@ -101,7 +91,7 @@ async def test_the_sweeper_picks_up_a_row_stranded_without_a_job(
     assert report.requeued == [stranded["id"]]  # not the young one, not the queued one
     again = await sweep_inbox(proc_app, res)
     assert again.requeued == []  # its job is waiting now: never two
-    await run_worker(proc_app, pool, settings)
+    await drain_queue(proc_app, pool, settings)
     processed = await pool.fetch("SELECT id FROM stripe_events WHERE processed_at IS NOT NULL")
     assert {r["id"] for r in processed} == {stranded["id"], queued["id"]}
     swept = await pool.fetchrow("SELECT details FROM audit_log WHERE action = 'stripe.inbox_swept'")
@@ -136,8 +126,8 @@ async def test_the_periodic_sweeper_task_runs_from_the_queue(
     periodic = {t.periodic_id for t in proc_app.periodic_registry.periodic_tasks.values()}
     assert "sweep_stripe_inbox" in periodic
     await proc_app.configure_task(SWEEP_TASK).defer_async()
-    await run_worker(proc_app, pool, settings)
-    await run_worker(proc_app, pool, settings)
+    await drain_queue(proc_app, pool, settings)
+    await drain_queue(proc_app, pool, settings)
     row = await pool.fetchrow("SELECT processed_at, outcome FROM stripe_events")
     assert row["processed_at"] is not None and row["outcome"] == "applied"
 

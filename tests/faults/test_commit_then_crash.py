@@ -15,8 +15,7 @@ import asyncpg
 import pytest
 
 from app.blueprints import stripe as stripe_blueprint
-from jobs.resources import Resources
-from tests.conftest import RunningServer, make_settings
+from tests.conftest import RunningServer, drain_queue, make_settings
 from tests.stripe_helpers import checkout_session, deliver, event, metadata, new_id
 
 
@@ -44,13 +43,7 @@ async def test_event_committed_but_never_deferred_is_finished_by_the_sweeper(
     settings = make_settings(db_url, stripe_sweep_grace_s=0)
     await proc_app.configure_task("sweep_stripe_inbox").defer_async(timestamp=0)
     for _ in range(2):  # the sweep, then the job it queued
-        await proc_app.run_worker_async(
-            wait=False,
-            install_signal_handlers=False,
-            listen_notify=False,
-            queues=["stripe"],
-            additional_context={"resources": Resources(settings=settings, pool=pool)},
-        )
+        await drain_queue(proc_app, pool, settings, queues=["stripe"])
     inbox = await pool.fetchrow("SELECT outcome, processed_at FROM stripe_events")
     assert inbox["outcome"] == "applied" and inbox["processed_at"] is not None
     donation = await pool.fetchrow("SELECT amount_cents, status::text FROM donations")

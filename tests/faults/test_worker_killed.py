@@ -21,8 +21,7 @@ import pytest
 
 import jobs
 from app.rollup import window
-from jobs.resources import Resources
-from tests.conftest import make_settings
+from tests.conftest import drain_queue, make_settings
 from tests.faults.conftest import WorkerProcess
 from tests.rollup_helpers import Event, Rule, at, insert_events, insert_rules
 from tests.stripe_helpers import apply, charge, event, new_id, payment_intent, store
@@ -151,13 +150,7 @@ async def test_worker_killed_during_a_rollup_is_taken_over(
         await load_rollup_data(ref_pool)
         await reference.configure_task("rollup").defer_async(date=END_DAY.isoformat(), days=DAYS)
         settings = make_settings(second_db_url, rollup_parallelism=1)
-        await reference.run_worker_async(
-            wait=False,
-            install_signal_handlers=False,
-            listen_notify=False,
-            queues=["rollup"],
-            additional_context={"resources": Resources(settings=settings, pool=ref_pool)},
-        )
+        await drain_queue(reference, ref_pool, settings, queues=["rollup"])
         expected = await rollup_snapshot(ref_pool)
     assert expected["rules"] and expected["boards"]
 
@@ -297,13 +290,7 @@ async def test_a_stalled_job_whose_queueing_lock_was_taken_is_replaced_not_stuck
     await pool.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = $1", stalled)
     waiting = await proc_app.configure_task("rollup").defer_async(date="2026-03-10", days=1)
     await proc_app.configure_task("retry_stalled_jobs").defer_async(timestamp=0)
-    await proc_app.run_worker_async(
-        wait=False,
-        install_signal_handlers=False,
-        listen_notify=False,
-        queues=["maintenance", "rollup"],
-        additional_context={"resources": Resources(settings=make_settings(db_url), pool=pool)},
-    )
+    await drain_queue(proc_app, pool, make_settings(db_url), queues=["maintenance", "rollup"])
     rows = await pool.fetch(
         "SELECT id, status::text, args, queueing_lock FROM procrastinate_jobs "
         "WHERE task_name IN ('rollup', 'retry_stalled_jobs') ORDER BY id"
