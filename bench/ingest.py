@@ -112,7 +112,7 @@ def _raw_batch(rules: int, size: int, seq: list[int]) -> tuple[list, ...]:
             "VIEW" if random.random() < 0.8 else random.choice(["COPY", "SAVE", "FORK", "VOTE"])
         )
         rule_ids.append(f"rul_{int(random.random() ** 2 * rules) + 1}")
-        ips.append(f"{random.getrandbits(64):016x}")
+        ips.append(f"{random.getrandbits(128):032x}")  # as wide as the service's HMAC hex
         tss.append(now)
         keys.append(f"raw-{seq[0]}" if random.random() < 0.1 else None)
     return types, rule_ids, ips, tss, keys
