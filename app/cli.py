@@ -77,7 +77,7 @@ def _serve(settings: Settings, *, run_worker: bool, workers: int) -> None:
     # multiprocess files in a folder made fresh for this server run.
     metrics_dir = tempfile.mkdtemp(prefix="ingest-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    loader = AppLoader(factory=functools.partial(create_app, run_worker=run_worker))
+    loader = AppLoader(factory=functools.partial(create_app, run_worker=run_worker, freeze_gc=True))
     app = loader.load()
     app.prepare(
         host=settings.host,

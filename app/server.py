@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from typing import Any
@@ -29,9 +30,15 @@ WORKER_SHUTDOWN_GRACE_S = 30.0
 
 
 def create_app(
-    settings: Settings | None = None, *, run_worker: bool = False, configure_logging: bool = True
+    settings: Settings | None = None,
+    *,
+    run_worker: bool = False,
+    configure_logging: bool = True,
+    freeze_gc: bool = False,
 ) -> Sanic:
-    """Build the app. With `run_worker`, a Procrastinate worker runs inside the server process."""
+    """Build the app. With `run_worker`, a Procrastinate worker runs inside the server process.
+    With `freeze_gc` (the CLI's server processes, not servers started inside another program),
+    each worker freezes its start-up objects once it serves (`_freeze_startup_objects`)."""
     settings = settings or Settings()
     app = Sanic(
         APP_NAME,
@@ -52,8 +59,23 @@ def create_app(
     app.main_process_ready(_stop_waiting_for_acks_on_shutdown)
     app.main_process_ready(_refuse_new_connections_on_shutdown)
     app.before_server_start(_open_resources)
+    if freeze_gc:
+        app.after_server_start(_freeze_startup_objects)
     app.after_server_stop(_close_resources)
     return app
+
+
+def _freeze_startup_objects(app: Sanic) -> None:
+    """Put what the worker allocated while starting (modules, models, routes, the OpenAPI
+    document: hundreds of thousands of objects) out of the garbage collector's reach.
+
+    Under load, the event dicts of requests in flight survive the young collections, so full
+    collections come every few seconds, and each walked every startup object too: 30-55 ms
+    pauses of the whole worker, which set the p99 latency of 100-event batches. Frozen, a full
+    collection walks only what the worker allocated since (docs/performance.md).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _stop_waiting_for_acks_on_shutdown(app: Sanic) -> None:
