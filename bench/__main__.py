@@ -158,7 +158,7 @@ def main() -> int:
     try:
         with harness.postgres_server() as admin_url:
             with harness.fresh_database(admin_url) as db_url:
-                results["postgres"] = asyncio.run(harness.server_version(db_url))
+                results["postgres"] = harness.query_value(db_url, "SHOW server_version")
                 asyncio.run(ingest.seed(db_url, rules=RULES))
                 with harness.service(
                     db_url, workers=WORKERS, pool_size=POOL, log_dir=work_dir

@@ -5,28 +5,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
-
 from app.crawl import MAX_ITEMS, register_source
-from bench.harness import TOKEN, Service, run_wrk
+from bench.harness import TOKEN, Service, connected, query_value, run_wrk
 
 
 async def _register(db_url: str) -> str:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         return await register_source(
             conn, name=f"bench partner {uuid.uuid4().hex[:8]}", curator_id="usr_1"
         )
-    finally:
-        await conn.close()
 
 
-async def count_items(db_url: str) -> int:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM crawl_items"))
-    finally:
-        await conn.close()
+def count_items(db_url: str) -> int:
+    return int(query_value(db_url, "SELECT count(*) FROM crawl_items"))
 
 
 def import_batches(
@@ -34,7 +25,7 @@ def import_batches(
 ) -> dict[str, float]:
     """New items only (each creates a crawl item and its rule): items/s answered and stored."""
     source = asyncio.run(_register(db_url))
-    before = asyncio.run(count_items(db_url))
+    before = count_items(db_url)
     figures = run_wrk(
         svc.url,
         script="crawl.lua",
@@ -47,7 +38,7 @@ def import_batches(
             "BENCH_RUN": uuid.uuid4().hex[:8],
         },
     )
-    stored = asyncio.run(count_items(db_url)) - before
+    stored = count_items(db_url) - before
     duration = figures["duration_s"]
     figures["items_per_s"] = (figures["requests"] - figures["errors_status"]) * batch / duration
     figures["items_stored_per_s"] = stored / duration

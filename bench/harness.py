@@ -15,8 +15,8 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,26 @@ WEBHOOK_SECRET = "whsec_bench_secret"
 
 def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+@asynccontextmanager
+async def connected(url: str, **options: Any) -> AsyncIterator[asyncpg.Connection]:
+    """A one-off connection (seeding, counting, timing a query), closed on the way out."""
+    conn = await asyncpg.connect(url, **options)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def query_value(url: str, sql: str, *args: Any) -> Any:
+    """One value, from a one-off connection: the bench's bookkeeping between sections."""
+
+    async def fetch() -> Any:
+        async with connected(url) as conn:
+            return await conn.fetchval(sql, *args)
+
+    return asyncio.run(fetch())
 
 
 @contextmanager
@@ -63,20 +83,13 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     """A new, migrated database on the server, dropped afterwards."""
     name = f"ingest_bench_{uuid.uuid4().hex[:10]}"
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    query_value(admin_url, f'CREATE DATABASE "{name}"')
     url = with_database(admin_url, name)
     try:
         asyncio.run(migrate_url(url))
         yield url
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        query_value(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
@@ -250,14 +263,6 @@ def run_wrk(
         if line.startswith("BENCH_JSON "):
             return json.loads(line.removeprefix("BENCH_JSON "))
     raise RuntimeError("wrk printed no figures:\n" + out.stdout + out.stderr)
-
-
-async def server_version(db_url: str) -> str:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
 
 
 def cpu_seconds(pid: int) -> float | None:

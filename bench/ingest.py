@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from bench.harness import TOKEN, Service, cpu_seconds, run_wrk
+from bench.harness import TOKEN, Service, connected, cpu_seconds, query_value, run_wrk
 
 OTHER_TYPES = ["COPY", "SAVE", "FORK", "VOTE"]
 RAW_INSERT = """
@@ -22,8 +22,7 @@ ON CONFLICT DO NOTHING
 
 async def seed(db_url: str, *, rules: int, authors: int = 1000) -> None:
     """Users `usr_1..` and rules `rul_1..`, with a few tags and models for leaderboard scopes."""
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         await conn.execute(
             "INSERT INTO users (id, handle) SELECT 'usr_' || i, 'user' || i "
             "FROM generate_series(1, $1) i",
@@ -37,34 +36,25 @@ async def seed(db_url: str, *, rules: int, authors: int = 1000) -> None:
             authors,
         )
         await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
 
 
-async def count_events(db_url: str) -> int:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM events"))
-    finally:
-        await conn.close()
+def count_events(db_url: str) -> int:
+    return int(query_value(db_url, "SELECT count(*) FROM events"))
 
 
-async def service_backends(db_url: str) -> list[int]:
+def service_backends(db_url: str) -> list[int]:
     """PostgreSQL backend pids of the service's pool (application_name `ingest`)."""
-    conn = await asyncpg.connect(db_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = 'ingest'"
-        )
-        return [int(r["pid"]) for r in rows]
-    finally:
-        await conn.close()
+    pids = query_value(
+        db_url,
+        "SELECT array_agg(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'ingest'",
+    )
+    return list(pids or [])
 
 
 def _cpu_snapshot(svc: Service, db_url: str) -> tuple[dict[int, float], dict[int, float]]:
     workers = {w.pid: sum(w.cpu_times()[:2]) for w in svc.workers()}
-    backends = asyncio.run(service_backends(db_url))
+    backends = service_backends(db_url)
     return workers, {pid: cpu_seconds(pid) or 0.0 for pid in backends}
 
 
@@ -78,7 +68,7 @@ def http_batches(
     """wrk against /ingest/events. Besides rates and latency: CPU milliseconds per request of
     the Sanic workers and of their PostgreSQL backends (when /proc shows them, i.e. the
     server runs on this machine), which a neighbour's load inflates far less than rates."""
-    before = asyncio.run(count_events(db_url))
+    before = count_events(db_url)
     workers0, backends0 = _cpu_snapshot(svc, db_url)
     figures = run_wrk(
         svc.url,
@@ -93,7 +83,7 @@ def http_batches(
         },
     )
     workers1, backends1 = _cpu_snapshot(svc, db_url)
-    stored = asyncio.run(count_events(db_url)) - before
+    stored = count_events(db_url) - before
     requests = max(1, figures["requests"])
     figures["events_stored_per_s"] = stored / figures["duration_s"]
     figures["events_sent_per_s"] = figures["requests"] * batch / figures["duration_s"]

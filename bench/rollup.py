@@ -23,6 +23,7 @@ import asyncpg
 
 from app.rollup import VIEW_CAP, run_rollup
 from app.settings import Settings
+from bench.harness import connected
 from jobs.rollup import open_rollup_pool
 
 EVENTS = int(os.environ.get("BENCH_ROLLUP_EVENTS", "5000000"))
@@ -131,14 +132,11 @@ async def generate_events(conn: asyncpg.Connection, *, first_day: date, events: 
 
 async def time_bare(db_url: str, *, first_day: date) -> float:
     """The naive single statement, on a plain connection at the server's defaults."""
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         start, end = utc_midnight(first_day), utc_midnight(first_day + timedelta(days=DAYS))
         started = time.perf_counter()
         row = await conn.fetchrow(BARE_AGGREGATE, start, end, VIEW_CAP, timeout=3600)
         elapsed = time.perf_counter() - started
-    finally:
-        await conn.close()
     log(f"bare aggregate {elapsed:.2f} s: {dict(row) if row else {}}")
     return elapsed
 
@@ -167,15 +165,12 @@ async def time_rollup(db_url: str, *, end_day: date) -> tuple[float, dict[str, A
 async def measure(db_url: str, *, events: int = EVENTS) -> dict[str, Any]:
     end_day = datetime.now(UTC).date() - timedelta(days=1)
     first_day = end_day - timedelta(days=DAYS - 1)
-    conn = await asyncpg.connect(db_url, command_timeout=3600)
-    try:
+    async with connected(db_url, command_timeout=3600) as conn:
         await seed_catalogue(conn)
         log(f"generating {events:,} events over {DAYS} days ({first_day} to {end_day})")
         started = time.perf_counter()
         generated = await generate_events(conn, first_day=first_day, events=events)
         generate_s = time.perf_counter() - started
-    finally:
-        await conn.close()
     bare, rolls = [], []
     for n in range(ROUNDS):
         log(f"round {n + 1} of {ROUNDS}")

@@ -7,18 +7,16 @@ bench service runs no worker: processing is not part of the delivery figure).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import stripe
 
-from bench.harness import WEBHOOK_SECRET, Service, run_wrk
+from bench.harness import WEBHOOK_SECRET, Service, query_value, run_wrk
 
 # A donation as Stripe reports it: the session, the payment, the charge; now and then a refund.
 KINDS = ("checkout.session.completed", "payment_intent.succeeded", "charge.succeeded")
@@ -86,12 +84,8 @@ def signed_deliveries(path: Path, *, count: int, rules: int) -> None:
             out.write(f"{signature}\t{body}\n")
 
 
-async def count_inbox(db_url: str) -> int:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM stripe_events"))
-    finally:
-        await conn.close()
+def count_inbox(db_url: str) -> int:
+    return int(query_value(db_url, "SELECT count(*) FROM stripe_events"))
 
 
 def deliveries(
@@ -102,7 +96,7 @@ def deliveries(
     # Enough distinct events for a fast run; the signatures stay inside Stripe's 5-minute
     # tolerance because they are made right before the run.
     signed_deliveries(path, count=max(2000, 2500 * seconds), rules=rules)
-    before = asyncio.run(count_inbox(db_url))
+    before = count_inbox(db_url)
     figures = run_wrk(
         svc.url,
         script="webhook.lua",
@@ -110,7 +104,7 @@ def deliveries(
         seconds=seconds,
         env={"BENCH_DELIVERIES": str(path)},
     )
-    stored = asyncio.run(count_inbox(db_url)) - before
+    stored = count_inbox(db_url) - before
     path.unlink(missing_ok=True)
     duration = figures["duration_s"]
     figures["deliveries_per_s"] = (figures["requests"] - figures["errors_status"]) / duration
