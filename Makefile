@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/ingest run
 
-## Run the test suite (embedded PostgreSQL unless TEST_DATABASE_URL is set).
+## Run the test suite (TEST_DATABASE_URL, else a Docker container, else embedded PostgreSQL).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -3,7 +3,8 @@
 Absolute figures drift on a shared machine; the ratios measured in the same run hold. The raw
 baseline and the 64-connection ingest run alternate in rounds, so a neighbour's load lands on
 both. Sizes can be reduced for a quick look (`make bench-smoke`): BENCH_SECONDS (per section),
-BENCH_ROUNDS, BENCH_RULES, BENCH_ROLLUP_EVENTS (read by bench.rollup), BENCH_SKIP_ROLLUP=1.
+BENCH_ROUNDS, BENCH_RULES, BENCH_ROLLUP_EVENTS and BENCH_ROLLUP_ROUNDS (read by bench.rollup),
+BENCH_SKIP_ROLLUP=1.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def derive(r: dict[str, Any]) -> None:
 
 
 def table(r: dict[str, Any]) -> str:
-    """The figures as a Markdown table (also what docs/performance.md shows)."""
+    """The figures as a Markdown table (the README's Performance section shows it)."""
     rows = [
         ("ingest, batches of 100, 64 connections", f"{r['ingest_events_per_s']:,.0f} events/s"),
         ("raw `unnest` insert, 4 connections", f"{r['raw_events_per_s']:,.0f} events/s"),

@@ -1,4 +1,4 @@
-"""One place turns every exception into the JSON error model of DESIGN.md."""
+"""One place turns every exception into the JSON error model of the HTTP contract (README)."""
 
 from __future__ import annotations
 
