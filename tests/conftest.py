@@ -121,6 +121,26 @@ def db_url(pg_admin_url: str, created_databases: list[str], template_db: str) ->
 
 
 @pytest.fixture
+def make_db_url(
+    pg_admin_url: str, created_databases: list[str], template_db: str
+) -> Callable[[], str]:
+    """More fresh, migrated databases on the same server, dropped with the others. Blocking:
+    from a coroutine, call it through `asyncio.to_thread`."""
+
+    def make() -> str:
+        name = _new_database(pg_admin_url, created_databases, template=template_db)
+        return with_database(pg_admin_url, name)
+
+    return make
+
+
+@pytest.fixture
+def second_db_url(make_db_url: Callable[[], str]) -> str:
+    """Another fresh, migrated database: where a reference (uninterrupted) run happens."""
+    return make_db_url()
+
+
+@pytest.fixture
 def empty_db_url(pg_admin_url: str, created_databases: list[str]) -> str:
     """A fresh database with no schema at all."""
     return with_database(pg_admin_url, _new_database(pg_admin_url, created_databases))

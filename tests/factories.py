@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from app.crawl import register_source
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
@@ -49,3 +51,11 @@ async def create_rule(
         model,
     )
     return rule_id
+
+
+async def add_source(pool: asyncpg.Pool, name: str = "Acme prompts") -> tuple[str, str]:
+    """A registered crawl source and its curator, as `ingest sources add` makes them."""
+    curator = await create_user(pool)
+    async with pool.acquire() as conn:
+        source_id = await register_source(conn, name=name, curator_id=curator)
+    return source_id, curator

@@ -11,18 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from app.crawl import MAX_ITEMS, MAX_RAW_BYTES, import_items, register_source, validate_items
+from app.crawl import MAX_ITEMS, MAX_RAW_BYTES, import_items, validate_items
 from tests.conftest import APP_HEADERS, RunningServer, make_settings
-from tests.factories import create_user
+from tests.factories import add_source
 from tests.http_helpers import announce
-
-
-async def add_source(pool: asyncpg.Pool, name: str = "Acme prompts") -> tuple[str, str]:
-    """A registered source and its curator, as `ingest sources add` makes them."""
-    curator = await create_user(pool)
-    async with pool.acquire() as conn:
-        source_id = await register_source(conn, name=name, curator_id=curator)
-    return source_id, curator
 
 
 def item(external_id: str, **fields: Any) -> dict[str, Any]:

@@ -57,7 +57,7 @@ async def test_metrics_report_rollup_runs_from_the_database(
 
 async def test_metrics_count_crawl_items_by_outcome(http: httpx.AsyncClient, pool: Any) -> None:
     from tests.conftest import APP_HEADERS
-    from tests.test_crawl import add_source
+    from tests.factories import add_source
 
     def counted(text: str, outcome: str) -> float:
         prefix = f'ingest_crawl_items_total{{outcome="{outcome}"}} '

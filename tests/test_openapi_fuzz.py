@@ -32,12 +32,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.crawl import register_source
 from app.http.openapi import ErrorBody
 from app.settings import Settings
 from tests import stripe_helpers
 from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer, make_settings
-from tests.factories import create_user
+from tests.factories import add_source
 
 METRICS_TOKEN = "test-metrics-token"
 CREDENTIALS = {
@@ -160,9 +159,7 @@ def fuzz_all(url: str, source_id: str) -> dict[str, Counter[int]]:
 async def test_every_operation_conforms_to_the_document_with_valid_credentials(
     fuzzed: RunningServer, pool: asyncpg.Pool
 ) -> None:
-    curator = await create_user(pool)
-    async with pool.acquire() as conn:
-        source_id = await register_source(conn, name="Fuzz partner", curator_id=curator)
+    source_id, _ = await add_source(pool, "Fuzz partner")
     statuses = await asyncio.to_thread(fuzz_all, fuzzed.url, source_id)
     assert sum(sum(found.values()) for found in statuses.values()) > 5 * EXAMPLES, statuses
     # The fuzz reaches the success paths, not only refusals.

@@ -24,12 +24,11 @@ from app.blueprints.crawl import CrawlReport
 from app.blueprints.events import EventIngestReport
 from app.blueprints.rollup import RollupDryRun
 from app.blueprints.stripe import WebhookReceipt
-from app.crawl import register_source
 from app.http.openapi import ErrorBody, JobQueued
 from app.http.render import unstorable
 from tests import stripe_helpers
 from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer
-from tests.factories import create_rule, create_user
+from tests.factories import add_source, create_rule, create_user
 
 EXAMPLES = 75
 PROPERTY_SETTINGS = settings(
@@ -153,8 +152,7 @@ async def run_property(test: Callable[..., None], **kwargs: Any) -> None:
 async def _world(pool: asyncpg.Pool) -> tuple[str, str, str]:
     rule = await create_rule(pool)
     user = await create_user(pool)
-    async with pool.acquire() as conn:
-        source = await register_source(conn, name="Property partner", curator_id=user)
+    source, _ = await add_source(pool, "Property partner")
     return rule, user, source
 
 

@@ -23,9 +23,9 @@ import pytest
 
 from app.rollup import utc_today
 from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer
-from tests.factories import create_rule
+from tests.factories import add_source, create_rule
 from tests.stripe_helpers import charge, checkout_session, deliver, event, metadata, new_id
-from tests.test_crawl import add_source, item
+from tests.test_crawl import item
 
 CLIENTS = 24
 

@@ -9,8 +9,8 @@ same server holding a copy of the users, rules, events and donations, made read-
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +29,7 @@ from app.rollup import (
 )
 from app.settings import Settings
 from jobs.rollup import events_database_url, open_events_pool, rollup_and_record
-from tests.conftest import make_settings, with_database
+from tests.conftest import _admin, make_settings
 from tests.rollup_helpers import (
     COUNT_COLUMNS,
     Donation,
@@ -83,15 +83,6 @@ def reference() -> Reference:
     return ref
 
 
-async def execute(url: str, *statements: str, args: tuple[Any, ...] = ()) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await conn.execute(statement, *args)
-    finally:
-        await conn.close()
-
-
 async def load(url: str, ref: Reference) -> None:
     conn = await asyncpg.connect(url)
     try:
@@ -100,36 +91,19 @@ async def load(url: str, ref: Reference) -> None:
         await conn.close()
 
 
-@pytest.fixture
-def new_database(
-    pg_admin_url: str, created_databases: list[str], template_db: str
-) -> Callable[[], Awaitable[str]]:
-    """Another migrated database on the same server (dropped with the test databases)."""
-
-    async def create() -> str:
-        name = f"ingest_test_{uuid.uuid4().hex[:12]}"
-        await execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        created_databases.append(name)
-        return with_database(pg_admin_url, name)
-
-    return create
-
-
 async def make_read_only(url: str) -> None:
     """From now on every session on the database refuses writes, as a hot standby does."""
     name = urlsplit(url).path.lstrip("/")
-    await execute(url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    await _admin(url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
-        await execute(url, "CREATE TEMP TABLE probe (x int)")
+        await _admin(url, "CREATE TEMP TABLE probe (x int)")
 
 
 @pytest.fixture
-async def replica_url(
-    db_url: str, new_database: Callable[[], Awaitable[str]]
-) -> AsyncIterator[str]:
+async def replica_url(db_url: str, second_db_url: str) -> AsyncIterator[str]:
     """The primary (db_url) and its simulated replica hold the same reference data; the
     replica is made read-only by the test once it has put there what only the replica has."""
-    url = await new_database()
+    url = second_db_url
     ref = reference()
     await load(db_url, ref)
     await load(url, ref)
@@ -163,9 +137,9 @@ def expected_counts(ref: Reference) -> tuple[dict[Any, Any], dict[Any, Any]]:
 
 
 async def test_rollup_with_replica_leaves_the_same_rows_as_without(
-    db_url: str, replica_url: str, new_database: Callable[[], Awaitable[str]]
+    db_url: str, replica_url: str, make_db_url: Callable[[], str]
 ) -> None:
-    control_url = await new_database()
+    control_url = await asyncio.to_thread(make_db_url)
     await load(control_url, reference())
     await make_read_only(replica_url)
 

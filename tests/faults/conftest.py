@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import _new_database, free_port, with_database
+from tests.conftest import free_port, with_database
 
 INGEST = str(Path(sys.executable).parent / "ingest")
 CLUSTER_USER = "embedded_postgres"
@@ -151,14 +151,6 @@ async def create_migrated_database(cluster: OwnedCluster, name: str = "ingest") 
     url = cluster.database_url(name)
     await migrate_url(url)
     return url
-
-
-@pytest.fixture
-def second_db_url(pg_admin_url: str, created_databases: list[str], template_db: str) -> str:
-    """Another fresh, migrated database: where a reference (uninterrupted) run happens."""
-    return with_database(
-        pg_admin_url, _new_database(pg_admin_url, created_databases, template=template_db)
-    )
 
 
 def service_env(**extra: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 import jobs
+from app.db import init_connection
 from app.rollup import window
 from tests.conftest import drain_queue, make_settings
 from tests.faults.conftest import WorkerProcess
@@ -232,7 +233,7 @@ async def test_worker_killed_during_stripe_processing_is_taken_over(
     start_worker: StartWorker,
 ) -> None:
     pi, (paid, refund) = stripe_events()
-    async with await asyncpg.create_pool(second_db_url, init=_jsonb) as ref_pool:
+    async with await asyncpg.create_pool(second_db_url, init=init_connection) as ref_pool:
         await apply(ref_pool, paid)
         await apply(ref_pool, refund)
         expected = await stripe_snapshot(ref_pool)
@@ -272,12 +273,6 @@ async def test_worker_killed_during_stripe_processing_is_taken_over(
         f" {seconds:.1f} s after the second worker started; donations, inbox and audit equal"
         " the uninterrupted run's (one stripe.event_applied per event)"
     )
-
-
-async def _jsonb(conn: asyncpg.Connection) -> None:
-    from app.db import init_connection
-
-    await init_connection(conn)
 
 
 async def test_a_stalled_job_whose_queueing_lock_was_taken_is_replaced_not_stuck(
