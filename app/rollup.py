@@ -43,6 +43,10 @@ logger = logging.getLogger("ingest.rollup")
 
 # The original service's cap: at most this many views per (client IP, rule, UTC day).
 VIEW_CAP = 5
+# Days a rollup can be asked for, by HTTP, job or CLI: none before the site, and room for the
+# date arithmetic of windows and horizons (Python dates end at 9999-12-31).
+FIRST_DAY = date(2000, 1, 1)
+LAST_DAY = date(9999, 12, 1)
 EVENT_TYPES = ("view", "copy", "save", "fork", "vote")
 # Trending and WEEKLY/MONTHLY boards of a day read the days before it: re-rolling a day also
 # refreshes the already-rolled days this many days after it.
@@ -50,6 +54,17 @@ MONTHLY_WINDOW_DAYS = 30
 DRY_RUN_TOP = 5
 # rollup_stage_rule's columns, in the order rollup_day_rule_counts returns them.
 STAGE_RULE_COLUMNS = ("run_id", "day", "rule_id", "views", "copies", "saves", "forks", "votes")
+
+
+def parse_day(text: str) -> date:
+    """A rollup's last day from YYYY-MM-DD text; ValueError, saying why, for anything else."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"date must be YYYY-MM-DD, got {text!r}") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"date must be between {FIRST_DAY} and {LAST_DAY}, got {text!r}")
+    return day
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,9 @@ def parse_day(value: str | None, *, default: date) -> date:
     if value is None:
         return default
     try:
-        return date.fromisoformat(value)
+        return rollup.parse_day(value)
     except ValueError as exc:
-        raise ValidationFailed(f"date must be YYYY-MM-DD, got {value!r}") from exc
+        raise ValidationFailed(str(exc)) from exc
 
 
 async def open_rollup_pool(settings: Settings) -> asyncpg.Pool:

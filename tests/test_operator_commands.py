@@ -1,4 +1,5 @@
-"""Operator commands: `ingest config` masks secrets; `ingest jobs` shows and retries jobs."""
+"""Operator commands: `ingest config` masks secrets; `ingest jobs` shows and retries jobs; `ingest
+rollup` checks its date."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from app.cli import main
 from app.commands.config import describe
 from app.commands.jobs import _retry, _show
 from app.errors import NotFound
@@ -65,3 +67,11 @@ async def test_retry_refuses_jobs_that_did_not_fail(proc_app: Any, db_url: str) 
         await _retry(db_url, queued)
     with pytest.raises(NotFound, match="no job"):
         await _retry(db_url, 999_999)
+
+
+@pytest.mark.parametrize("text", ["31/01/2026", "9999-12-31"])
+def test_rollup_command_refuses_a_day_a_rollup_cannot_have(text: str) -> None:
+    """The CLI takes the same days as POST /cron/rollup and the rollup job."""
+    with pytest.raises(SystemExit) as exited:
+        main(["rollup", "--date", text])
+    assert exited.value.code == 2

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 import jobs
 from app.rollup import utc_today, window
@@ -141,11 +142,13 @@ async def test_backfill_task_queues_a_rollup_for_missing_days(
     assert await pool.fetchval("SELECT count(*) FROM rollup_runs") == 1  # nothing missing now
 
 
+@pytest.mark.parametrize("day", ["not-a-date", "9999-12-31", "1999-12-31"])
 async def test_a_rollup_with_invalid_arguments_fails_at_once(
-    pool: asyncpg.Pool, proc_app: Any, run_jobs: Callable[[], Awaitable[None]]
+    pool: asyncpg.Pool, proc_app: Any, run_jobs: Callable[[], Awaitable[None]], day: str
 ) -> None:
-    """A malformed date from a shell cannot succeed on a retry: one attempt, then failed."""
-    job_id = await proc_app.configure_task("rollup").defer_async(date="not-a-date")
+    """A malformed or out-of-range date from a shell cannot succeed on a retry: one attempt,
+    then failed (the same range as POST /cron/rollup)."""
+    job_id = await proc_app.configure_task("rollup").defer_async(date=day)
     await run_jobs()
     # (a periodic job may run beside it when the test crosses a scheduled minute)
     job = await pool.fetchrow(

@@ -26,10 +26,6 @@ from jobs.rollup import defer_rollup
 bp = Blueprint("rollup")
 
 BODY_LIMIT = 4096
-# Days a rollup can be asked for: none before the site, and room for the date arithmetic of
-# windows and horizons (Python dates end at 9999-12-31).
-FIRST_DAY = dt.date(2000, 1, 1)
-LAST_DAY = dt.date(9999, 12, 1)
 
 
 class RollupRequest(BaseModel):
@@ -39,9 +35,10 @@ class RollupRequest(BaseModel):
 
     date: dt.date | None = Field(
         default=None,
-        ge=FIRST_DAY,
-        le=LAST_DAY,
-        description=f"last day rolled up, {FIRST_DAY} to {LAST_DAY}; default today (UTC)",
+        ge=rollup.FIRST_DAY,
+        le=rollup.LAST_DAY,
+        description=f"last day rolled up, {rollup.FIRST_DAY} to {rollup.LAST_DAY}; "
+        "default today (UTC)",
     )
     dry_run: StrictBool = Field(default=False, alias="dryRun")
     days_to_process: StrictInt = Field(default=7, ge=1, le=30, alias="daysToProcess")

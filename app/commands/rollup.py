@@ -26,9 +26,9 @@ def _actor() -> str:
 
 def _day(text: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(text)
+        return rollup.parse_day(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from exc
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _run(args: argparse.Namespace) -> int:
