@@ -67,7 +67,7 @@ def create_app(
 
 def _freeze_startup_objects(app: Sanic) -> None:
     """Put what the worker allocated while starting (modules, models, routes, the OpenAPI
-    document: hundreds of thousands of objects) out of the garbage collector's reach.
+    document: about 87,000 objects) out of the garbage collector's reach.
 
     Under load, the event dicts of requests in flight survive the young collections, so full
     collections come every few seconds, and each walked every startup object too: 30-55 ms

@@ -45,7 +45,7 @@ class CrawlReport(ResponseModel):
     items: list[ItemOutcome]
 
 
-CRAWL_ITEMS = {
+ITEMS_SCHEMA = {
     "description": f"1 to {MAX_ITEMS} items. Each is validated on its own: one that is not a "
     "`CrawlItem` is listed in `rejected` and the others are imported.",
     "items": {"anyOf": [component(CrawlItem), {}]},
@@ -60,7 +60,7 @@ CRAWL_ITEMS = {
 )
 @openapi.definition(
     summary="Import a partner source's rules",
-    body=json_body(CrawlBatch, properties={"items": CRAWL_ITEMS}),
+    body=json_body(CrawlBatch, properties={"items": ITEMS_SCHEMA}),
     response=[
         json_response_of(200, CrawlReport, "Imported; per-item outcomes and rejections"),
         *error_responses(400, 401, 403, 404, 409, 413, 415, 429, 503),

@@ -13,8 +13,10 @@ from app.client_ip import forwarded_or_peer
 from app.errors import ValidationFailed
 from app.events import (
     ID_PATTERN,
+    MAX_AGE,
     MAX_BODY_BYTES,
     MAX_EVENTS,
+    MAX_FUTURE,
     MAX_IDEMPOTENCY_KEY_CHARS,
     EventBatch,
     EventType,
@@ -47,7 +49,9 @@ class Event(BaseModel):
     rule_id: str = Field(alias="ruleId", pattern=SITE_ID)
     user_id: str | None = Field(default=None, alias="userId", pattern=SITE_ID)
     ts: AwareDatetime | None = Field(
-        default=None, description="at most 30 days old, at most 5 minutes ahead; default: now"
+        default=None,
+        description=f"at most {MAX_AGE.days} days old, at most "
+        f"{MAX_FUTURE.total_seconds() / 60:g} minutes ahead; default: now",
     )
     idempotency_key: str | None = Field(
         default=None,
@@ -70,7 +74,7 @@ class EventIngestReport(ResponseModel):
     rejected: list[RejectedEvent]
 
 
-EVENTS_ITEMS = {
+ITEMS_SCHEMA = {
     "maxItems": MAX_EVENTS,
     "description": f"1 to {MAX_EVENTS} events (more is a 413). Each is checked on its own: "
     "one that is not an `Event` is listed in `rejected` and the others are stored.",
@@ -86,7 +90,7 @@ EVENTS_ITEMS = {
 )
 @openapi.definition(
     summary="Store a batch of engagement events",
-    body=json_body(EventBatch, properties={"events": EVENTS_ITEMS}),
+    body=json_body(EventBatch, properties={"events": ITEMS_SCHEMA}),
     response=[
         json_response_of(202, EventIngestReport, "Stored; duplicates and rejections counted"),
         *error_responses(400, 401, 403, 413, 415, 429, 503),

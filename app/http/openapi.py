@@ -165,15 +165,11 @@ def json_body(
     model: type[BaseModel],
     *,
     required: bool = True,
-    description: str | None = None,
     properties: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`body=` for `openapi.definition`: the model the handler validates the body with."""
     content = json_content(model, properties=properties)
-    body: dict[str, Any] = {"content": content, "required": required}
-    if description:
-        body["description"] = description
-    return body
+    return {"content": content, "required": required}
 
 
 def json_response_of(status: int, model: type[BaseModel], description: str) -> dict[str, Any]:
