@@ -22,9 +22,9 @@ from typing import Any
 import asyncpg
 
 from app.rollup import VIEW_CAP, run_rollup
+from app.rollup.run import open_rollup_pool
 from app.settings import Settings
 from bench.harness import connected
-from jobs.rollup import open_rollup_pool
 
 EVENTS = int(os.environ.get("BENCH_ROLLUP_EVENTS", "5000000"))
 DAYS = 30

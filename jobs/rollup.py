@@ -20,10 +20,10 @@ import asyncpg
 from procrastinate import App, JobContext
 from procrastinate.exceptions import AlreadyEnqueued
 
-from app import audit, rollup
-from app.db import create_pool
+from app import rollup
 from app.errors import DatabaseUnavailable, ValidationFailed
-from app.settings import Settings
+from app.rollup.run import backfill_days, rollup_and_record
+from app.rollup.store import queued_rollup_job
 from jobs.notifications import defer_notify
 from jobs.resources import RetryUnlessInvalid, resources_for
 
@@ -35,11 +35,8 @@ ROLLUP_LOCK = "rollup"
 QUEUE = "rollup"
 NIGHTLY_CRON = "10 0 * * *"
 NIGHTLY_DAYS = 2
-BACKFILL_DAYS = 30
 BACKFILL_CRON = "*/10 * * * *"
 MAX_DAYS = 366
-# A long statement is normal here: no command timeout beyond an hour.
-COMMAND_TIMEOUT_S = 3600.0
 DEFER_ROUNDS = 5
 
 
@@ -56,94 +53,6 @@ def parse_day(value: str | None, *, default: date) -> date:
         return rollup.parse_day(value)
     except ValueError as exc:
         raise ValidationFailed(str(exc)) from exc
-
-
-async def open_rollup_pool(settings: Settings) -> asyncpg.Pool:
-    """A pool for one run on DATABASE_URL, the primary: every write and every read but the
-    event scans (`open_events_pool`). One connection per lane, and one more."""
-    if not settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set for this worker")
-    return await create_pool(
-        settings.database_url,
-        min_size=0,
-        max_size=settings.rollup_parallelism + 1,
-        command_timeout=COMMAND_TIMEOUT_S,
-        server_settings={"application_name": "ingest-rollup"},
-    )
-
-
-def events_database_url(settings: Settings) -> str | None:
-    """ROLLUP_DATABASE_URL when it names another database than DATABASE_URL, else None."""
-    url = settings.rollup_database_url
-    return url if url and url != settings.database_url else None
-
-
-async def open_events_pool(settings: Settings) -> asyncpg.Pool | None:
-    """A pool on ROLLUP_DATABASE_URL (a read replica) for the run's per-day event scans, which
-    are plain SELECTs in read-only transactions; None when it is unset or is DATABASE_URL."""
-    url = events_database_url(settings)
-    if url is None:
-        return None
-    return await create_pool(
-        url,
-        min_size=0,
-        max_size=settings.rollup_parallelism,
-        command_timeout=COMMAND_TIMEOUT_S,
-        server_settings={"application_name": "ingest-rollup-events"},
-    )
-
-
-async def backfill_days(pool: asyncpg.Pool, *, today: date) -> list[date]:
-    """Days of the last 30 (to yesterday) never rolled, or whose donations changed since."""
-    async with pool.acquire() as conn:
-        return await rollup.days_to_backfill(
-            conn,
-            first_day=today - timedelta(days=BACKFILL_DAYS),
-            last_day=today - timedelta(days=1),
-        )
-
-
-async def rollup_and_record(
-    settings: Settings,
-    *,
-    end_day: date,
-    days: int,
-    backfill: bool,
-    actor: str,
-    dry_run: bool = False,
-) -> rollup.RollupReport:
-    """Run on pools of its own and write the audit row; the CLI calls this too.
-
-    With ROLLUP_DATABASE_URL (a read replica) the event scans read there; all else, writes
-    included, runs on DATABASE_URL."""
-    pool = await open_rollup_pool(settings)
-    events_pool: asyncpg.Pool | None = None
-    try:
-        events_pool = await open_events_pool(settings)
-        extra = await backfill_days(pool, today=rollup.utc_today()) if backfill else []
-        report = await rollup.run_rollup(
-            pool,
-            end_day=end_day,
-            days=days,
-            settings=settings,
-            dry_run=dry_run,
-            extra_days=extra,
-            actor=actor,
-            events_pool=events_pool,
-        )
-        async with pool.acquire() as conn, conn.transaction():
-            await audit.record(
-                conn,
-                actor=actor,
-                action="rollup.dry_run" if dry_run else "rollup.run",
-                subject=f"rollup_run:{report.run_id}",
-                details=rollup.report_details(report),
-            )
-        return report
-    finally:
-        if events_pool is not None:
-            await events_pool.close()
-        await pool.close()
 
 
 async def run_rollup_task(
@@ -202,7 +111,7 @@ async def defer_rollup(
             return QueuedRollup(job_id=int(job_id), already_queued=False)
         except AlreadyEnqueued:
             async with pool.acquire(timeout=timeout) as conn:
-                waiting = await rollup.queued_rollup_job(conn, queueing_lock=ROLLUP_LOCK)
+                waiting = await queued_rollup_job(conn, queueing_lock=ROLLUP_LOCK)
             if waiting is not None:
                 return QueuedRollup(job_id=waiting, already_queued=True)
     raise DatabaseUnavailable("the rollup could not be queued; retry shortly")

@@ -19,16 +19,10 @@ import asyncpg
 import pytest
 
 from app.db import create_pool
-from app.rollup import (
-    RollupReport,
-    count_day_events,
-    run_rollup,
-    stage_day,
-    stage_rule_rows,
-    window,
-)
+from app.rollup import RollupReport, run_rollup, window
+from app.rollup.store import count_day_events, stage_day, stage_rule_rows
+from app.rollup.run import events_database_url, open_events_pool, rollup_and_record
 from app.settings import Settings
-from jobs.rollup import events_database_url, open_events_pool, rollup_and_record
 from tests.conftest import _admin, make_settings
 from tests.rollup_helpers import (
     COUNT_COLUMNS,

@@ -32,7 +32,7 @@ def _day(text: str) -> dt.date:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from jobs.rollup import rollup_and_record
+    from app.rollup import rollup_and_record
 
     settings = Settings()
     settings = settings.model_copy(update={"database_url": database_url(settings)})

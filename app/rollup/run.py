@@ -29,334 +29,34 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import asyncpg
 
-from app.db import queries
-from app.errors import ConfigurationError
+from app import audit
+from app.db import create_pool, queries
+from app.rollup.config import (
+    DRY_RUN_TOP,
+    MONTHLY_WINDOW_DAYS,
+    RollupConfig,
+    retention_floor,
+    utc_today,
+    window,
+)
+from app.rollup.report import RollupReport, report_details
+from app.rollup.store import (
+    days_to_backfill,
+    lock_day,
+    roll_day,
+    rolled_days,
+    stage_day,
+    stage_windows,
+    top_entries,
+)
 from app.settings import Settings
 
 logger = logging.getLogger("ingest.rollup")
-
-# The original service's cap: at most this many views per (client IP, rule, UTC day).
-VIEW_CAP = 5
-# Days a rollup can be asked for, by HTTP, job or CLI: none before the site, and room for the
-# date arithmetic of windows and horizons (Python dates end at 9999-12-31).
-FIRST_DAY = date(2000, 1, 1)
-LAST_DAY = date(9999, 12, 1)
-EVENT_TYPES = ("view", "copy", "save", "fork", "vote")
-# Trending and WEEKLY/MONTHLY boards of a day read the days before it: re-rolling a day also
-# refreshes the already-rolled days this many days after it.
-MONTHLY_WINDOW_DAYS = 30
-DRY_RUN_TOP = 5
-# rollup_stage_rule's columns, in the order rollup_day_rule_counts returns them.
-STAGE_RULE_COLUMNS = ("run_id", "day", "rule_id", "views", "copies", "saves", "forks", "votes")
-
-
-def parse_day(text: str) -> date:
-    """A rollup's last day from YYYY-MM-DD text; ValueError, saying why, for anything else."""
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"date must be YYYY-MM-DD, got {text!r}") from None
-    if not FIRST_DAY <= day <= LAST_DAY:
-        raise ValueError(f"date must be between {FIRST_DAY} and {LAST_DAY}, got {text!r}")
-    return day
-
-
-@dataclass(frozen=True)
-class TrendingWeights:
-    view: float = 1.0
-    copy: float = 3.0
-    save: float = 4.0
-    fork: float = 6.0
-    vote: float = 2.0
-
-    @classmethod
-    def parse(cls, text: str) -> TrendingWeights:
-        """Parse "view=1,copy=3,...": a type left out weighs 0; an unknown type is an error."""
-        weights = dict.fromkeys(EVENT_TYPES, 0.0)
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, sep, value = part.partition("=")
-            key = name.strip().lower()
-            if not sep or key not in weights:
-                raise ConfigurationError(f"TRENDING_WEIGHTS: cannot read {part!r}")
-            try:
-                weights[key] = float(value)
-            except ValueError as exc:
-                raise ConfigurationError(f"TRENDING_WEIGHTS: {part!r} is not a number") from exc
-        return cls(**weights)
-
-    def as_params(self) -> dict[str, float]:
-        return {f"w_{name}": getattr(self, name) for name in EVENT_TYPES}
-
-
-@dataclass(frozen=True)
-class RollupConfig:
-    """What a run needs from the settings, validated once."""
-
-    weights: TrendingWeights
-    half_life_days: float
-    horizon_days: int
-    board_size: int
-    work_mem: str
-    parallelism: int
-    retention_days: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RollupConfig:
-        return cls(
-            weights=TrendingWeights.parse(settings.trending_weights),
-            half_life_days=settings.trending_half_life_days,
-            horizon_days=settings.trending_horizon_days,
-            board_size=settings.leaderboard_size,
-            work_mem=settings.rollup_work_mem,
-            parallelism=settings.rollup_parallelism,
-            retention_days=settings.event_retention_days,
-        )
-
-    def trend_params(self) -> dict[str, Any]:
-        return {
-            "horizon": self.horizon_days,
-            "half_life": self.half_life_days,
-            **self.weights.as_params(),
-        }
-
-
-@dataclass
-class DayResult:
-    day: date
-    rule_rows: int = 0
-    author_rows: int = 0
-    leaderboard_rows: int = 0
-    trending_updated: int = 0
-    recomputed_only: bool = False
-
-
-@dataclass
-class RollupReport:
-    run_id: int | None
-    end_day: date
-    days: list[date]
-    dry_run: bool
-    refreshed_days: list[date] = field(default_factory=list)
-    skipped_days: list[date] = field(default_factory=list)
-    rule_metric_daily: int = 0
-    author_metric_daily: int = 0
-    leaderboard_snapshot: int = 0
-    trending_updated: int = 0
-    duration_ms: float = 0.0
-    stage_ms: float = 0.0
-    apply_ms: float = 0.0
-    top: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, result: DayResult) -> None:
-        self.rule_metric_daily += result.rule_rows
-        self.author_metric_daily += result.author_rows
-        self.leaderboard_snapshot += result.leaderboard_rows
-        self.trending_updated += result.trending_updated
-
-    def row_counts(self) -> dict[str, int]:
-        return {
-            "rule_metric_daily": self.rule_metric_daily,
-            "author_metric_daily": self.author_metric_daily,
-            "leaderboard_snapshot": self.leaderboard_snapshot,
-            "trending_updated": self.trending_updated,
-        }
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "runId": self.run_id,
-            "endDay": self.end_day.isoformat(),
-            "days": [d.isoformat() for d in self.days],
-            "refreshedDays": [d.isoformat() for d in self.refreshed_days],
-            "skippedDays": [d.isoformat() for d in self.skipped_days],
-            "dryRun": self.dry_run,
-            "rowCounts": self.row_counts(),
-            "durationMs": self.duration_ms,
-            "stageMs": self.stage_ms,
-            "applyMs": self.apply_ms,
-            "top": self.top,
-        }
-
-
-def utc_today() -> date:
-    return datetime.now(UTC).date()
-
-
-def window(end_day: date, days: int) -> list[date]:
-    """The `days` days ending on `end_day`, oldest first."""
-    return [end_day - timedelta(days=n) for n in range(days - 1, -1, -1)]
-
-
-def retention_floor(config: RollupConfig, today: date) -> date | None:
-    """The oldest day whose events are all still kept; older days must not be re-rolled."""
-    if config.retention_days <= 0:
-        return None
-    return today - timedelta(days=config.retention_days - 1)
-
-
-# --- repository functions: each runs inside the caller's transaction ---
-
-
-async def lock_day(conn: asyncpg.Connection, *, day: date, work_mem: str) -> None:
-    """Wait for any other rollup of `day`, then raise work_mem for this transaction."""
-    await queries.rollup_lock_day(conn, day=day)
-    await queries.rollup_set_work_mem(conn, work_mem=work_mem)
-
-
-async def count_day_events(
-    conn: asyncpg.Connection, *, run_id: int, day: date
-) -> list[asyncpg.Record]:
-    """One day of events counted per rule (a plain SELECT: a read-only standby can run it),
-    as rows of `rollup_stage_rule`."""
-    rows = queries.rollup_day_rule_counts(conn, run_id=run_id, day=day, view_cap=VIEW_CAP)
-    return [r async for r in rows]
-
-
-async def stage_rule_rows(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> int:
-    """Copy rows of `count_day_events` into the stage (binary COPY, one round trip)."""
-    if rows:
-        await conn.copy_records_to_table(
-            "rollup_stage_rule", records=rows, columns=STAGE_RULE_COLUMNS
-        )
-    return len(rows)
-
-
-async def stage_day(
-    conn: asyncpg.Connection,
-    *,
-    run_id: int,
-    day: date,
-    events_conn: asyncpg.Connection | None = None,
-) -> int:
-    """Aggregate one day of events (and donations) into this run's scratch rows.
-
-    Without `events_conn`, the day's events are counted into the stage by one statement on
-    `conn`. With it (a replica's connection), they are counted there and the rows copied into
-    the stage on `conn`. The donations are always read, and the stage written, on `conn`."""
-    if events_conn is None:
-        staged = int(
-            await queries.rollup_stage_rule_day(conn, run_id=run_id, day=day, view_cap=VIEW_CAP)
-        )
-    else:
-        rows = await count_day_events(events_conn, run_id=run_id, day=day)
-        staged = await stage_rule_rows(conn, rows)
-    await queries.rollup_stage_author_day(conn, run_id=run_id, day=day)
-    return staged
-
-
-async def apply_day(
-    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
-) -> DayResult:
-    """Replace the day's metric rows with the staged ones, then derive its scores."""
-    result = DayResult(day=day)
-    source = {"run_id": run_id, "run_days": run_days, "day": day, **config.trend_params()}
-    result.rule_rows = int(await queries.rollup_apply_rule_day(conn, run_id=run_id, day=day))
-    result.author_rows = int(await queries.rollup_apply_author_day(conn, **source))
-    result.leaderboard_rows = await rebuild_boards(conn, run_id=run_id, day=day, config=config)
-    await queries.rollup_mark_day(conn, day=day, run_id=run_id)
-    return result
-
-
-async def stage_windows(
-    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
-) -> int:
-    """Every rule's window sums and trending score as of `day`, read once for the rule rows
-    and the boards of the day (the run's days from the stage, the others from the metric
-    table)."""
-    return int(
-        await queries.rollup_stage_window_day(
-            conn, run_id=run_id, run_days=run_days, day=day, **config.trend_params()
-        )
-    )
-
-
-async def derive_day(
-    conn: asyncpg.Connection,
-    *,
-    run_id: int,
-    run_days: list[date],
-    day: date,
-    config: RollupConfig,
-    result: DayResult,
-) -> DayResult:
-    """Trending scores and every leaderboard of a rolled day that reads a re-rolled one (its
-    window rows are staged with the run's)."""
-    source = {"run_id": run_id, "run_days": run_days, "day": day, **config.trend_params()}
-    result.trending_updated = int(await queries.rollup_trend_rule_day(conn, run_id=run_id, day=day))
-    result.trending_updated += int(await queries.rollup_trend_author_day(conn, **source))
-    result.leaderboard_rows = await rebuild_boards(conn, run_id=run_id, day=day, config=config)
-    return result
-
-
-async def rebuild_boards(
-    conn: asyncpg.Connection, *, run_id: int, day: date, config: RollupConfig
-) -> int:
-    """Every leaderboard of `day`, from the day's window rows (`stage_windows`), which read the
-    run's staged days and the stored other days (sql/rollup.sql explains why)."""
-    await queries.rollup_clear_leaderboards_day(conn, day=day)
-    return int(
-        await queries.rollup_leaderboards_day(
-            conn, run_id=run_id, day=day, board_size=config.board_size
-        )
-    )
-
-
-async def roll_day(
-    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
-) -> DayResult:
-    """A run day is applied; a later day it affects only gets its scores and boards again."""
-    if day in run_days:
-        return await apply_day(conn, run_id=run_id, run_days=run_days, day=day, config=config)
-    return await derive_day(
-        conn,
-        run_id=run_id,
-        run_days=run_days,
-        day=day,
-        config=config,
-        result=DayResult(day, recomputed_only=True),
-    )
-
-
-async def rolled_days(conn: asyncpg.Connection, *, first_day: date, last_day: date) -> list[date]:
-    return [
-        r["day"]
-        async for r in queries.rollup_rolled_days(conn, first_day=first_day, last_day=last_day)
-    ]
-
-
-async def days_to_backfill(
-    conn: asyncpg.Connection, *, first_day: date, last_day: date
-) -> list[date]:
-    """Days never rolled, or whose donations changed since they were rolled."""
-    rows = queries.rollup_days_to_backfill(conn, first_day=first_day, last_day=last_day)
-    return [r["day"] async for r in rows]
-
-
-async def top_entries(conn: asyncpg.Connection, *, day: date, limit: int) -> list[dict[str, Any]]:
-    rows = queries.rollup_top_entries(conn, day=day, limit_=limit)
-    return [
-        {
-            "period": r["period"],
-            "entity": r["entity"],
-            "rank": r["rank"],
-            "entityId": r["entity_id"],
-            "score": r["score"],
-        }
-        async for r in rows
-    ]
-
-
-async def queued_rollup_job(conn: asyncpg.Connection, *, queueing_lock: str) -> int | None:
-    job_id = await queries.rollup_queued_job(conn, queueing_lock=queueing_lock)
-    return int(job_id) if job_id is not None else None
-
-
-# --- the unit of work ---
 
 
 def plan_days(
@@ -640,8 +340,96 @@ async def _record_dry_run(
     report.run_id = run_id
 
 
-def report_details(report: RollupReport) -> dict[str, Any]:
-    """The report as plain JSON for audit rows and logs."""
-    details = report.as_json()
-    details.pop("top", None)
-    return details
+# --- pools and the recorded run (task, CLI and benchmarks) ---
+
+# A long statement is normal here: no command timeout beyond an hour.
+COMMAND_TIMEOUT_S = 3600.0
+BACKFILL_DAYS = 30
+
+
+async def open_rollup_pool(settings: Settings) -> asyncpg.Pool:
+    """A pool for one run on DATABASE_URL, the primary: every write and every read but the
+    event scans (`open_events_pool`). One connection per lane, and one more."""
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set for this worker")
+    return await create_pool(
+        settings.database_url,
+        min_size=0,
+        max_size=settings.rollup_parallelism + 1,
+        command_timeout=COMMAND_TIMEOUT_S,
+        server_settings={"application_name": "ingest-rollup"},
+    )
+
+
+def events_database_url(settings: Settings) -> str | None:
+    """ROLLUP_DATABASE_URL when it names another database than DATABASE_URL, else None."""
+    url = settings.rollup_database_url
+    return url if url and url != settings.database_url else None
+
+
+async def open_events_pool(settings: Settings) -> asyncpg.Pool | None:
+    """A pool on ROLLUP_DATABASE_URL (a read replica) for the run's per-day event scans, which
+    are plain SELECTs in read-only transactions; None when it is unset or is DATABASE_URL."""
+    url = events_database_url(settings)
+    if url is None:
+        return None
+    return await create_pool(
+        url,
+        min_size=0,
+        max_size=settings.rollup_parallelism,
+        command_timeout=COMMAND_TIMEOUT_S,
+        server_settings={"application_name": "ingest-rollup-events"},
+    )
+
+
+async def backfill_days(pool: asyncpg.Pool, *, today: date) -> list[date]:
+    """Days of the last 30 (to yesterday) never rolled, or whose donations changed since."""
+    async with pool.acquire() as conn:
+        return await days_to_backfill(
+            conn,
+            first_day=today - timedelta(days=BACKFILL_DAYS),
+            last_day=today - timedelta(days=1),
+        )
+
+
+async def rollup_and_record(
+    settings: Settings,
+    *,
+    end_day: date,
+    days: int,
+    backfill: bool,
+    actor: str,
+    dry_run: bool = False,
+) -> RollupReport:
+    """Run on pools of its own and write the audit row; the CLI calls this too.
+
+    With ROLLUP_DATABASE_URL (a read replica) the event scans read there; all else, writes
+    included, runs on DATABASE_URL."""
+    pool = await open_rollup_pool(settings)
+    events_pool: asyncpg.Pool | None = None
+    try:
+        events_pool = await open_events_pool(settings)
+        extra = await backfill_days(pool, today=utc_today()) if backfill else []
+        report = await run_rollup(
+            pool,
+            end_day=end_day,
+            days=days,
+            settings=settings,
+            dry_run=dry_run,
+            extra_days=extra,
+            actor=actor,
+            events_pool=events_pool,
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            await audit.record(
+                conn,
+                actor=actor,
+                action="rollup.dry_run" if dry_run else "rollup.run",
+                subject=f"rollup_run:{report.run_id}",
+                details=report_details(report),
+            )
+        return report
+    finally:
+        if events_pool is not None:
+            await events_pool.close()
+        await pool.close()

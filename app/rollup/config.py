@@ -1,0 +1,108 @@
+"""Rollup settings and calendar: what a run needs from the settings, the days it may cover."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from app.errors import ConfigurationError
+from app.settings import Settings
+
+# The original service's cap: at most this many views per (client IP, rule, UTC day).
+VIEW_CAP = 5
+# Days a rollup can be asked for, by HTTP, job or CLI: none before the site, and room for the
+# date arithmetic of windows and horizons (Python dates end at 9999-12-31).
+FIRST_DAY = date(2000, 1, 1)
+LAST_DAY = date(9999, 12, 1)
+EVENT_TYPES = ("view", "copy", "save", "fork", "vote")
+# Trending and WEEKLY/MONTHLY boards of a day read the days before it: re-rolling a day also
+# refreshes the already-rolled days this many days after it.
+MONTHLY_WINDOW_DAYS = 30
+DRY_RUN_TOP = 5
+
+
+def parse_day(text: str) -> date:
+    """A rollup's last day from YYYY-MM-DD text; ValueError, saying why, for anything else."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"date must be YYYY-MM-DD, got {text!r}") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"date must be between {FIRST_DAY} and {LAST_DAY}, got {text!r}")
+    return day
+
+
+@dataclass(frozen=True)
+class TrendingWeights:
+    view: float = 1.0
+    copy: float = 3.0
+    save: float = 4.0
+    fork: float = 6.0
+    vote: float = 2.0
+
+    @classmethod
+    def parse(cls, text: str) -> TrendingWeights:
+        """Parse "view=1,copy=3,...": a type left out weighs 0; an unknown type is an error."""
+        weights = dict.fromkeys(EVENT_TYPES, 0.0)
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            key = name.strip().lower()
+            if not sep or key not in weights:
+                raise ConfigurationError(f"TRENDING_WEIGHTS: cannot read {part!r}")
+            try:
+                weights[key] = float(value)
+            except ValueError as exc:
+                raise ConfigurationError(f"TRENDING_WEIGHTS: {part!r} is not a number") from exc
+        return cls(**weights)
+
+    def as_params(self) -> dict[str, float]:
+        return {f"w_{name}": getattr(self, name) for name in EVENT_TYPES}
+
+
+@dataclass(frozen=True)
+class RollupConfig:
+    """What a run needs from the settings, validated once."""
+
+    weights: TrendingWeights
+    half_life_days: float
+    horizon_days: int
+    board_size: int
+    work_mem: str
+    parallelism: int
+    retention_days: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RollupConfig:
+        return cls(
+            weights=TrendingWeights.parse(settings.trending_weights),
+            half_life_days=settings.trending_half_life_days,
+            horizon_days=settings.trending_horizon_days,
+            board_size=settings.leaderboard_size,
+            work_mem=settings.rollup_work_mem,
+            parallelism=settings.rollup_parallelism,
+            retention_days=settings.event_retention_days,
+        )
+
+    def trend_params(self) -> dict[str, Any]:
+        return {
+            "horizon": self.horizon_days,
+            "half_life": self.half_life_days,
+            **self.weights.as_params(),
+        }
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def window(end_day: date, days: int) -> list[date]:
+    """The `days` days ending on `end_day`, oldest first."""
+    return [end_day - timedelta(days=n) for n in range(days - 1, -1, -1)]
+
+
+def retention_floor(config: RollupConfig, today: date) -> date | None:
+    """The oldest day whose events are all still kept; older days must not be re-rolled."""
+    if config.retention_days <= 0:
+        return None
+    return today - timedelta(days=config.retention_days - 1)
