@@ -2,7 +2,8 @@
 
 Each event is checked on its own (a bad event is rejected, the others go on): cheap shape
 checks here in Python, then one SQL statement per batch checks rules and users, applies
-idempotency keys and the VIEW window, inserts, and writes the request's audit row.
+idempotency keys, inserts, and writes the request's audit row. Every valid VIEW is stored; the
+rollup decides which ones count (docs/rollups.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 MAX_FUTURE = timedelta(minutes=5)
 MAX_AGE = timedelta(days=30)
-VIEW_WINDOW = timedelta(minutes=10)
 EventType = Literal["VIEW", "COPY", "SAVE", "FORK", "VOTE"]
 EVENT_TYPES = frozenset(get_args(EventType))
 # Site ids are cuid-style: letters, digits, `_` and `-`, at most 128 characters.
@@ -66,7 +66,6 @@ class PreparedBatch:
     ip_hashes: list[str] = field(default_factory=list)
     tss: list[datetime | None] = field(default_factory=list)  # None: sent without `ts`
     idempotency_keys: list[str | None] = field(default_factory=list)
-    shared_pairs: list[bool] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     duplicates: int = 0
 
@@ -149,7 +148,6 @@ def prepare_batch(
     """
     batch = PreparedBatch(received=len(events), received_at=now)
     seen_keys: set[str] = set()
-    views: dict[tuple[str, str], int] = {}  # (ip hash, rule) -> position of its first view
     for index, event in enumerate(events):
         reason = _reject_reason(event)
         if reason is not None:
@@ -172,20 +170,13 @@ def prepare_batch(
                 batch.duplicates += 1
                 continue
             seen_keys.add(key)
-        kind, rule_id = event["type"], event["ruleId"]
-        shared = False
-        if kind == "VIEW":
-            first = views.setdefault((ip_hash, rule_id), len(batch.idx))
-            if first != len(batch.idx):
-                shared = batch.shared_pairs[first] = True
         batch.idx.append(index)
-        batch.types.append(kind)
-        batch.rule_ids.append(rule_id)
+        batch.types.append(event["type"])
+        batch.rule_ids.append(event["ruleId"])
         batch.user_ids.append(event.get("userId"))
         batch.ip_hashes.append(ip_hash)
         batch.tss.append(ts)
         batch.idempotency_keys.append(key)
-        batch.shared_pairs.append(shared)
     return batch
 
 
@@ -225,7 +216,6 @@ async def _run_batch(
         ip_hashes=batch.ip_hashes,
         tss=batch.tss,
         idempotency_keys=batch.idempotency_keys,
-        shared_pairs=batch.shared_pairs,
         received_at=batch.received_at,
         check_refs=check_refs,
         actor=actor,

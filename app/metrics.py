@@ -11,6 +11,7 @@ so they are the same whichever worker answers.
 from __future__ import annotations
 
 import os
+from datetime import date
 from typing import Any
 
 import asyncpg
@@ -56,8 +57,11 @@ def observe_pool(pool: asyncpg.Pool) -> None:
     POOL_CONNECTIONS.labels("max").set(pool.get_max_size())
 
 
-async def database_gauges(conn: asyncpg.Connection) -> list[GaugeMetricFamily]:
-    """Figures read from PostgreSQL at scrape time."""
+async def database_gauges(
+    conn: asyncpg.Connection, *, rollup_floor: date | None = None
+) -> list[GaugeMetricFamily]:
+    """Figures read from PostgreSQL at scrape time (`rollup_floor`: the oldest day the rollup
+    still rolls, EVENT_RETENTION_DAYS)."""
     depth = GaugeMetricFamily(
         "ingest_jobs", "Procrastinate jobs by queue and status", labels=["queue", "status"]
     )
@@ -77,7 +81,24 @@ async def database_gauges(conn: asyncpg.Connection) -> list[GaugeMetricFamily]:
         "ingest_rollup_failed_runs_last_day", "Rollup runs that failed in the last 24 hours"
     )
     failed.add_metric([], runs["failed_last_day"])
-    return [depth, last, duration, failed]
+    return [depth, last, duration, failed, *await _rollup_freshness(conn, rollup_floor)]
+
+
+async def _rollup_freshness(conn: asyncpg.Connection, floor: date | None) -> list[Any]:
+    """What on-call alerts on when the numbers fall behind the facts (docs/rollups.md)."""
+    row = await queries.metrics_rollup_freshness(conn, floor=floor)
+    dirty = GaugeMetricFamily(
+        "ingest_rollup_dirty_days",
+        "Days whose numbers do not include every stored fact yet (never rolled, newer events "
+        "or donation changes)",
+    )
+    dirty.add_metric([], row["dirty_days"])
+    age = GaugeMetricFamily(
+        "ingest_rollup_oldest_change_age_seconds",
+        "Age of the oldest stored change the rollup has not rolled yet (0: none)",
+    )
+    age.add_metric([], row["oldest_change_age_s"])
+    return [dirty, age]
 
 
 class _Static:

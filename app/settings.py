@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     leaderboard_size: int = Field(default=100, ge=1, le=10_000)
     rollup_work_mem: str = "128MB"
     rollup_parallelism: int = Field(default=2, ge=1, le=16)
+    # Seconds taken off a run's view of "every fact up to now" (docs/rollups.md, facts_as_of).
+    rollup_facts_margin_s: float = Field(default=1.0, ge=0, le=600)
     event_retention_days: int = Field(default=0, ge=0)
     # Days of metric rows a trending score sums (10 half-lives by default: older days weigh <0.1%).
     trending_horizon_days: int = Field(default=30, ge=1, le=366)

@@ -1,9 +1,10 @@
-"""Event-intake housekeeping: drop VIEW windows and rate-limit buckets that decide nothing.
+"""Event-intake housekeeping: drop rate-limit buckets that decide nothing.
 
     procrastinate --app=jobs.app defer purge_event_state '{}'
 
-Idempotency keys live on the events themselves (a partial unique index), so they are kept as
-long as events are; see docs/events.md for the retention rule.
+Intake keeps no other state: idempotency keys live on the events themselves (a partial unique
+index), so they are kept as long as events are, and which VIEWs count is decided by the rollup
+from the stored views (docs/rollups.md).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import logging
 from procrastinate import App, JobContext, RetryStrategy
 
 from app import audit
-from app.db import queries, transaction
-from app.events import MAX_AGE
+from app.db import transaction
 from app.ratelimit import purge_idle_buckets
 from jobs.resources import resources_for
 
@@ -24,13 +24,12 @@ ACTOR = "job:purge_event_state"
 
 
 async def purge_event_state(context: JobContext, timestamp: int | None = None) -> dict[str, int]:
-    """Delete VIEW windows older than the oldest accepted event, and full rate-limit buckets."""
+    """Delete full rate-limit buckets (a full bucket is the same as none)."""
     res = await resources_for(context)
     async with transaction(res.pool, timeout=res.settings.db_acquire_timeout_s) as conn:
-        windows = await queries.events_purge_view_dedupe(conn, keep_days=MAX_AGE.days)
         buckets = await purge_idle_buckets(conn)
-        report = {"view_windows": int(windows), "rate_limit_buckets": buckets}
-        if windows:
+        report = {"rate_limit_buckets": buckets}
+        if buckets:
             await audit.record(conn, actor=ACTOR, action="events.purge", details=report)
     logger.info("purged event state", extra=report)
     return report

@@ -96,6 +96,8 @@ async def purge_old_events(context: JobContext, timestamp: int | None = None) ->
         deleted += batch
         if batch < EVENT_PURGE_BATCH:
             break
+    async with res.pool.acquire() as conn:  # the purge's own notes: those days are never re-rolled
+        await queries.rollup_forget_changes_before(conn, day=before.date())
     if deleted:
         logger.info("old events purged", extra={"deleted": deleted, "before": before.isoformat()})
     return deleted

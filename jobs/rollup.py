@@ -1,11 +1,13 @@
-"""The rollup task: nightly, on `POST /cron/rollup`, from a shell, and as a backfill.
+"""The rollup tasks: nightly, every 5 minutes (the refresh), on `POST /cron/rollup`, from a shell.
 
     procrastinate --app=jobs.app defer rollup '{"date": "2026-01-31", "days": 7}'
+    procrastinate --app=jobs.app defer rollup_refresh '{}'
 
-`lock="rollup"` keeps two rollup jobs from running at once and `queueing_lock="rollup"` keeps
-at most one waiting; inside, every day is written under a per-day advisory lock, so CLI runs
-and HTTP dry runs serialize with it too. A worker killed mid-run leaves every day either at
-its previous numbers or at its new ones (one transaction per day); `retry_stalled_jobs`
+Both roll the days they ask for plus every dirty day (app.rollup.plan). Both take
+`lock="rollup"`, so two runs never overlap, and each has a queueing lock, so at most one of
+each waits; inside, every day is written under a per-day advisory lock, so CLI runs and HTTP dry
+runs serialize with them too. A worker killed mid-run leaves every day either at its previous
+numbers or at its new ones (one transaction per day); `retry_stalled_jobs`
 (jobs/maintenance.py) puts the job back in the queue and the re-run converges.
 """
 
@@ -22,7 +24,9 @@ from procrastinate.exceptions import AlreadyEnqueued
 
 from app import rollup
 from app.errors import DatabaseUnavailable, ValidationFailed
-from app.rollup.run import backfill_days, rollup_and_record
+from app.rollup.config import DEFAULT_DAYS
+from app.rollup.plan import Reason
+from app.rollup.run import rollup_and_record
 from app.rollup.store import queued_rollup_job
 from jobs.notifications import defer_notify
 from jobs.resources import RetryUnlessInvalid, resources_for
@@ -30,13 +34,14 @@ from jobs.resources import RetryUnlessInvalid, resources_for
 logger = logging.getLogger("ingest.jobs.rollup")
 
 ROLLUP_TASK = "rollup"
+REFRESH_TASK = "rollup_refresh"
+# The older name of the refresh, kept so that existing shell scripts go on working.
 BACKFILL_TASK = "rollup_backfill"
 ROLLUP_LOCK = "rollup"
 QUEUE = "rollup"
 NIGHTLY_CRON = "10 0 * * *"
 NIGHTLY_DAYS = 2
-BACKFILL_CRON = "*/10 * * * *"
-MAX_DAYS = 366
+REFRESH_CRON = "*/5 * * * *"
 DEFER_ROUNDS = 5
 
 
@@ -55,47 +60,51 @@ def parse_day(value: str | None, *, default: date) -> date:
         raise ValidationFailed(str(exc)) from exc
 
 
+def parse_days(value: object) -> int:
+    try:
+        return rollup.parse_days(value)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from exc
+
+
 async def run_rollup_task(
     context: JobContext,
     timestamp: int | None = None,
     date: str | None = None,
-    days: int = 7,
+    days: int = DEFAULT_DAYS,
     backfill: bool = False,
 ) -> dict[str, object]:
-    """The task. A periodic run (it gets `timestamp`) rolls the two days before that night,
-    plus any day of the last 30 that is missing or has changed donations."""
+    """The task. A periodic run (it gets `timestamp`) rolls the two days before that night;
+    any other rolls `days` days ending on `date`; both roll every dirty day too (`backfill` is
+    accepted for older callers: dirty days are always included now)."""
     res = await resources_for(context)
     if timestamp is not None:
         end_day = datetime.fromtimestamp(timestamp, UTC).date() - timedelta(days=1)
-        days, backfill = NIGHTLY_DAYS, True
+        count, reason = NIGHTLY_DAYS, Reason.SCHEDULE
     else:
         end_day = parse_day(date, default=rollup.utc_today())
-    if not 1 <= int(days) <= MAX_DAYS:
-        raise ValidationFailed(f"days must be 1 to {MAX_DAYS}")
+        count, reason = parse_days(days), Reason.OPERATOR
     job_id = context.job.id if context.job else None
     report = await rollup_and_record(
-        res.settings, end_day=end_day, days=int(days), backfill=backfill, actor=f"job:{job_id}"
+        res.settings, end_day=end_day, days=count, reason=reason, actor=f"job:{job_id}"
     )
     await defer_notify(context.app)
     return rollup.report_details(report)
 
 
-async def rollup_backfill(context: JobContext, timestamp: int | None = None) -> int:
-    """Every 10 minutes: queue a rollup when a day of the last 30 needs one.
+async def rollup_refresh(context: JobContext, timestamp: int | None = None) -> dict[str, object]:
+    """Every 5 minutes: roll the dirty days (today's new events among them) and the days whose
+    trending and boards follow them. With nothing dirty it runs no rollup statement at all.
 
-    Procrastinate skips periodic runs missed by more than 10 minutes, so after a worker was
-    down over midnight this is what rolls the missed days, within 10 minutes of its start."""
+    Procrastinate skips periodic runs missed by more than 10 minutes; this one catches up on
+    its first run after a worker was down, over midnight included."""
     res = await resources_for(context)
-    missing = await backfill_days(res.pool, today=rollup.utc_today())
-    if not missing:
-        return 0
-    try:
-        await context.app.configure_task(ROLLUP_TASK).defer_async(
-            date=missing[0].isoformat(), days=1, backfill=True
-        )
-    except AlreadyEnqueued:
-        logger.info("rollup already queued; backfill left to it")
-    return len(missing)
+    job_id = context.job.id if context.job else None
+    report = await rollup_and_record(res.settings, actor=f"job:{job_id}")
+    if report.is_noop:
+        return {"days": []}
+    await defer_notify(context.app)
+    return rollup.report_details(report)
 
 
 async def defer_rollup(
@@ -128,11 +137,20 @@ def register(app: App) -> None:
         retry=RetryUnlessInvalid(max_attempts=5, exponential_wait=4),
     )(run_rollup_task)
     app.periodic(cron=NIGHTLY_CRON, periodic_id="nightly_rollup")(task)
-    backfill = app.task(
+    refresh = app.task(
+        name=REFRESH_TASK,
+        pass_context=True,
+        queue=QUEUE,
+        lock=ROLLUP_LOCK,
+        queueing_lock=REFRESH_TASK,
+        retry=RetryUnlessInvalid(max_attempts=3, exponential_wait=4),
+    )(rollup_refresh)
+    app.periodic(cron=REFRESH_CRON, periodic_id="rollup_refresh")(refresh)
+    app.task(
         name=BACKFILL_TASK,
         pass_context=True,
         queue=QUEUE,
-        queueing_lock=BACKFILL_TASK,
+        lock=ROLLUP_LOCK,
+        queueing_lock=REFRESH_TASK,
         retry=RetryUnlessInvalid(max_attempts=3, exponential_wait=4),
-    )(rollup_backfill)
-    app.periodic(cron=BACKFILL_CRON, periodic_id="rollup_backfill")(backfill)
+    )(rollup_refresh)

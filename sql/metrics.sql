@@ -10,3 +10,12 @@ LEFT JOIN LATERAL (
     SELECT finished_at, duration_ms FROM rollup_runs
     WHERE status = 'succeeded' ORDER BY finished_at DESC NULLS LAST LIMIT 1
 ) AS s ON true;
+
+-- name: metrics_rollup_freshness(floor)^
+-- How far the published numbers are behind the stored facts: the dirty days the rollup will roll
+-- (those older than the retention floor, which it leaves alone, excluded) and the age of the
+-- oldest change they hold (0 when none).
+SELECT count(*)::int AS dirty_days,
+       coalesce(extract(epoch FROM now() - min(changed_since)), 0)::float8 AS oldest_change_age_s
+FROM rollup_dirty_days
+WHERE :floor::date IS NULL OR day >= :floor::date;

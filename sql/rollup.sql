@@ -19,15 +19,37 @@ SELECT set_config('work_mem', :work_mem::text, true),
 -- released when the caller's transaction ends.
 SELECT pg_advisory_xact_lock(hashtext('ingest.rollup.day'), :day::date - date '2000-01-01');
 
--- name: rollup_start_run(actor, end_day, days, args)$
-INSERT INTO rollup_runs (actor, end_day, days, args)
-VALUES (:actor, :end_day::date, :days::date[], :args::jsonb)
-RETURNING id;
+-- name: rollup_start_run(actor, end_day, days, args, day_reasons)^
+INSERT INTO rollup_runs (actor, end_day, days, args, day_reasons)
+VALUES (:actor, :end_day::date, :days::date[], :args::jsonb, :day_reasons::jsonb)
+RETURNING id, started_at;
 
--- name: rollup_finish_run(run_id, status, duration_ms, row_counts, error)!
+-- name: rollup_facts_horizon(margin_s)$
+-- Every transaction that began before the oldest one still open in this database has ended, so a
+-- run whose reads start after this sees every event and donation change stamped earlier (they
+-- carry their transaction's start, now()). Sessions of roles this one may not inspect show no
+-- start: then no later than two minutes ago (any intake or Stripe transaction has ended by then).
+SELECT least(now(),
+             -- strictly before it: that transaction's rows carry its start and are not seen yet
+             (SELECT min(a.xact_start) - interval '1 microsecond' FROM pg_stat_activity a
+              WHERE a.datname = current_database() AND a.backend_type = 'client backend'
+                AND a.pid <> pg_backend_pid()),
+             (SELECT now() - interval '2 minutes' FROM pg_stat_activity a
+              WHERE a.datname = current_database() AND a.backend_type = 'client backend'
+                AND a.pid <> pg_backend_pid() AND a.state IS NULL
+              LIMIT 1))
+       - make_interval(secs => :margin_s::float8);
+
+-- name: rollup_replay_timestamp()$
+-- On a streaming standby, the commit time of the last transaction it replayed: it has every
+-- commit up to then. NULL on a primary.
+SELECT pg_last_xact_replay_timestamp();
+
+-- name: rollup_finish_run(run_id, status, duration_ms, row_counts, day_reasons, error)!
+-- `day_reasons`: why each day was rolled, the refreshed (cascade) days included.
 UPDATE rollup_runs
 SET finished_at = now(), status = :status, duration_ms = :duration_ms::float8,
-    row_counts = :row_counts::jsonb, error = :error
+    row_counts = :row_counts::jsonb, day_reasons = :day_reasons::jsonb, error = :error
 WHERE id = :run_id;
 
 -- name: rollup_clear_stage(run_id)$
@@ -120,8 +142,8 @@ FROM rollup_rule_counts_of_day(:day::date, :view_cap::int) AS c;
 -- The day's author rows from the day's staged rule rows (engagement summed over the author's
 -- rules) plus the money kept from donations created that day. Always on the primary, even with a
 -- replica for the events: donations are read where they are written, so a day is never marked
--- rolled (rollup_days.rolled_at) with a refund a lagging replica had not replayed yet, which the
--- backfill (donations.updated_at > rolled_at) would then never re-roll.
+-- rolled (rollup_days.facts_as_of) with a refund a lagging replica had not replayed yet, which the
+-- dirty-day check (donations.updated_at > facts_as_of) would then never see again.
 WITH engagement AS (
     SELECT r.author_id, sum(s.views)::int AS views, sum(s.copies)::int AS copies,
            sum(s.saves)::int AS saves, sum(s.forks)::int AS forks, sum(s.votes)::int AS votes
@@ -444,37 +466,56 @@ inserted AS (
 )
 SELECT count(*) FROM inserted;
 
--- name: rollup_mark_day(day, run_id)!
-INSERT INTO rollup_days (day, rolled_at, run_id)
-VALUES (:day::date, now(), :run_id)
-ON CONFLICT (day) DO UPDATE SET rolled_at = now(), run_id = EXCLUDED.run_id;
+-- name: rollup_mark_day(day, run_id, reasons, facts_as_of)!
+-- The day's numbers now include every fact up to `facts_as_of` (the notes of updates and
+-- deletions up to then are spent); `reasons` says why it was rolled.
+WITH spent AS (
+    DELETE FROM rollup_fact_changes
+    WHERE day = :day::date AND changed_at <= :facts_as_of::timestamptz
+)
+INSERT INTO rollup_days AS d (day, rolled_at, run_id, facts_as_of, reasons)
+VALUES (:day::date, now(), :run_id, :facts_as_of::timestamptz, :reasons::text[])
+ON CONFLICT (day) DO UPDATE
+SET rolled_at = now(), run_id = EXCLUDED.run_id, facts_as_of = EXCLUDED.facts_as_of,
+    reasons = EXCLUDED.reasons;
 
--- name: rollup_rolled_days(first_day, last_day)
--- Days already rolled in a range: their trending and boards follow a re-rolled earlier day.
-SELECT day FROM rollup_days
-WHERE day BETWEEN :first_day::date AND :last_day::date
-ORDER BY day;
+-- name: rollup_dirty_days()
+-- Days whose numbers do not include every stored fact yet (the view, migrations/0011).
+SELECT day, reasons, changed_since FROM rollup_dirty_days ORDER BY day;
 
--- name: rollup_days_to_backfill(first_day, last_day)
--- Days in the range never rolled, or whose donations changed after they were rolled (a late
--- refund or a lost dispute), oldest first.
-SELECT g.day
-FROM (SELECT :first_day::date + i AS day
-      FROM generate_series(0, :last_day::date - :first_day::date) AS i) AS g
-LEFT JOIN rollup_days r ON r.day = g.day
-WHERE r.day IS NULL
-   OR EXISTS (
-        SELECT 1 FROM donations d
-        WHERE d.created_at >= g.day::timestamp AT TIME ZONE 'UTC'
-          AND d.created_at < (g.day + 1)::timestamp AT TIME ZONE 'UTC'
-          AND d.updated_at > r.rolled_at)
-ORDER BY 1;
+-- name: rollup_changed_days(run_id, days)
+-- Staged days whose rule counts are not the stored ones (rules that still exist, as the apply
+-- keeps them): the days after them read them.
+SELECT d.day
+FROM unnest(:days::date[]) AS d (day)
+WHERE EXISTS (
+    (SELECT s.rule_id, s.views, s.copies, s.saves, s.forks, s.votes
+     FROM rollup_stage_rule s
+     JOIN rules r ON r.id = s.rule_id
+     WHERE s.run_id = :run_id AND s.day = d.day
+     EXCEPT
+     SELECT m.rule_id, m.views, m.copies, m.saves, m.forks, m.votes
+     FROM rule_metric_daily m
+     WHERE m.day = d.day)
+    UNION ALL
+    (SELECT m.rule_id, m.views, m.copies, m.saves, m.forks, m.votes
+     FROM rule_metric_daily m
+     WHERE m.day = d.day
+     EXCEPT
+     SELECT s.rule_id, s.views, s.copies, s.saves, s.forks, s.votes
+     FROM rollup_stage_rule s
+     WHERE s.run_id = :run_id AND s.day = d.day)
+)
+ORDER BY d.day;
 
--- name: rollup_day_counts(day)^
--- What a day holds, for the dry-run report.
-SELECT (SELECT count(*) FROM rule_metric_daily WHERE day = :day::date) AS rule_metric_daily,
-       (SELECT count(*) FROM author_metric_daily WHERE day = :day::date) AS author_metric_daily,
-       (SELECT count(*) FROM leaderboard_snapshot WHERE day = :day::date) AS leaderboard_snapshot;
+-- name: rollup_rolled_days_after(day)
+-- Rolled days after `day`: their trending and boards read it.
+SELECT day FROM rollup_days WHERE day > :day::date ORDER BY day;
+
+-- name: rollup_recent_runs(limit_)
+-- The last runs, for `ingest rollup --status`.
+SELECT id, started_at, finished_at, status, actor, days, day_reasons, duration_ms, error
+FROM rollup_runs ORDER BY id DESC LIMIT :limit_::int;
 
 -- name: rollup_top_entries(day, limit_)
 -- The head of the day's global boards, for the dry-run report.
@@ -501,3 +542,8 @@ deleted AS (
     DELETE FROM events e USING doomed d WHERE e.id = d.id RETURNING 1
 )
 SELECT count(*) FROM deleted;
+
+-- name: rollup_forget_changes_before(day)!
+-- Notes of updated or deleted facts of days older than the retention floor: the rollup never
+-- re-rolls those days (their events may be gone), so the notes would only pile up.
+DELETE FROM rollup_fact_changes WHERE day < :day::date;

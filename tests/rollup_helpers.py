@@ -68,16 +68,27 @@ class Reference:
     board_size: int = 100
     cap: int = 5
 
-    def rule_metrics(self) -> dict[tuple[str, date], dict[str, int]]:
-        groups: dict[tuple[str, date, str, str | None], int] = defaultdict(int)
+    def counted_views(self) -> dict[tuple[str, date, str], int]:
+        """Views of a known client per (rule, UTC day, client): one per 10-minute slot of UTC
+        time (slots start at 00:00, 00:10, ...), at most `cap` a day."""
+        slots: dict[tuple[str, date, str], set[int]] = defaultdict(set)
         for e in self.events:
-            ip = e.ip_hash if e.type == "VIEW" else None
-            groups[(e.rule_id, e.ts.astimezone(UTC).date(), e.type, ip)] += 1
+            if e.type == "VIEW" and e.ip_hash is not None:
+                utc = e.ts.astimezone(UTC)
+                slots[(e.rule_id, utc.date(), e.ip_hash)].add((utc.hour * 60 + utc.minute) // 10)
+        return {key: min(len(found), self.cap) for key, found in slots.items()}
+
+    def rule_metrics(self) -> dict[tuple[str, date], dict[str, int]]:
         out: dict[tuple[str, date], dict[str, int]] = {}
-        for (rule_id, day, type_, ip), n in groups.items():
-            row = out.setdefault((rule_id, day), dict.fromkeys(COUNT_COLUMNS, 0))
-            capped = type_ == "VIEW" and ip is not None
-            row[TYPE_COLUMN[type_]] += min(n, self.cap) if capped else n
+        for e in self.events:
+            if e.type == "VIEW" and e.ip_hash is not None:
+                continue  # counted per client below
+            row = out.setdefault(
+                (e.rule_id, e.ts.astimezone(UTC).date()), dict.fromkeys(COUNT_COLUMNS, 0)
+            )
+            row[TYPE_COLUMN[e.type]] += 1
+        for (rule_id, day, _client), n in self.counted_views().items():
+            out.setdefault((rule_id, day), dict.fromkeys(COUNT_COLUMNS, 0))["views"] += n
         return out
 
     def author_metrics(self) -> dict[tuple[str, date], dict[str, int]]:

@@ -1,4 +1,4 @@
-"""POST /ingest/events: per-event validation, idempotency, the VIEW window, privacy, limits."""
+"""POST /ingest/events: per-event validation, idempotency, privacy, limits."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import pytest
 
 from app.client_ip import IpHasher
 from app.events import MAX_EVENTS, ingest_batch, prepare_batch
-from app.settings import Settings
-from tests.conftest import APP_HEADERS, RunningServer
+from tests.conftest import APP_HEADERS
 from tests.factories import create_rule, create_user
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
@@ -131,78 +130,25 @@ async def test_twenty_concurrent_identical_requests_store_one_event(
     assert await count(pool) == 2
 
 
-async def test_view_window_is_ten_minutes_sliding(
+async def test_every_valid_view_is_stored_whatever_its_order(
     http: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
+    """Intake keeps no window: each view is stored (the rollup decides which count,
+    tests/test_view_counting.py); only a repeated idempotency key is a duplicate."""
     rule = await create_rule(pool)
-
-    async def view(ts: datetime, ip: str = "198.51.100.7") -> int:
-        body = (
-            await post(http, [{"type": "VIEW", "ruleId": rule, "ip": ip, "ts": iso(ts)}])
-        ).json()
-        return int(body["accepted"])
-
-    assert await view(T0) == 1
-    assert await view(T0 + timedelta(minutes=9, seconds=59)) == 0
-    assert await view(T0 + timedelta(minutes=10, seconds=1)) == 1
-    # sliding from the last counted view, not from fixed buckets
-    assert await view(T0 + timedelta(minutes=19, seconds=59)) == 0
-    assert await view(T0 + timedelta(minutes=20, seconds=1)) == 1
-    # an older view arriving late is within the window of the last counted one
-    assert await view(T0 + timedelta(minutes=5)) == 0
-    # another IP has its own window
-    assert await view(T0 + timedelta(minutes=5), ip="198.51.100.8") == 1
-    assert await count(pool, "type = 'VIEW'") == 4
-
-
-async def test_views_inside_one_batch_are_windowed_too(
-    http: httpx.AsyncClient, pool: asyncpg.Pool
-) -> None:
-    rule = await create_rule(pool)
-    ip = "203.0.113.9"
-    times = [
-        T0,
-        T0 + timedelta(minutes=9, seconds=59),
-        T0 + timedelta(minutes=10, seconds=1),
-        T0 + timedelta(minutes=3),
-        T0 + timedelta(minutes=20, seconds=2),
-    ]
-    events = [{"type": "VIEW", "ruleId": rule, "ip": ip, "ts": iso(t)} for t in times]
-    body = (await post(http, events)).json()
-    assert body == {"accepted": 3, "duplicates": 2, "rejected": []}
-    stored = [r["ts"] for r in await pool.fetch("SELECT ts FROM events ORDER BY ts")]
-    assert stored == [
-        T0,
-        T0 + timedelta(minutes=10, seconds=1),
-        T0 + timedelta(minutes=20, seconds=2),
-    ]
-    # a later batch crossing the stored window's end counts its first view past it
-    later = [T0 + timedelta(minutes=29), T0 + timedelta(minutes=30, seconds=3)]
-    body = (
-        await post(http, [{"type": "VIEW", "ruleId": rule, "ip": ip, "ts": iso(t)} for t in later])
-    ).json()
-    assert body["accepted"] == 1
-    assert await pool.fetchval("SELECT max(ts) FROM events") == later[1]
-
-
-async def test_view_window_is_shared_by_two_app_instances(
-    start_server: Callable[..., Awaitable[RunningServer]], settings: Settings, pool: asyncpg.Pool
-) -> None:
-    rule = await create_rule(pool)
-    one, two = await start_server(settings), await start_server(settings)
-    event = {"type": "VIEW", "ruleId": rule, "ip": "192.0.2.44"}
-
-    async def send(client: httpx.AsyncClient, ts: datetime) -> int:
-        return int((await post(client, [{**event, "ts": iso(ts)}])).json()["accepted"])
-
-    assert await send(one.client, T0) == 1
-    assert await send(two.client, T0 + timedelta(minutes=9, seconds=59)) == 0
-    assert await send(two.client, T0 + timedelta(minutes=10, seconds=1)) == 1
-    assert await send(one.client, T0 + timedelta(minutes=15)) == 0
-    # a flood of concurrent identical views through both instances counts once
-    flood = [send(c, T0 + timedelta(hours=1)) for c in (one.client, two.client) for _ in range(10)]
-    assert sum(await asyncio.gather(*flood)) == 1
-    assert await count(pool, "type = 'VIEW'") == 3
+    ip = "198.51.100.7"
+    times = [T0, T0 + timedelta(minutes=9), T0 - timedelta(days=2), T0 + timedelta(seconds=1)]
+    views = [{"type": "VIEW", "ruleId": rule, "ip": ip, "ts": iso(t)} for t in times]
+    assert (await post(http, views[:2])).json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+    assert (await post(http, views[2:])).json()["accepted"] == 2
+    keyed = {**views[0], "idempotencyKey": "view-1"}
+    assert (await post(http, [keyed, keyed])).json() == {
+        "accepted": 1,
+        "duplicates": 1,
+        "rejected": [],
+    }
+    stored = [r["ts"] for r in await pool.fetch("SELECT ts FROM events ORDER BY ts, id")]
+    assert stored == sorted([*times, T0])
 
 
 async def test_client_ip_falls_back_to_forwarded_for_then_peer(
@@ -350,21 +296,15 @@ async def test_batch_of_500_issues_as_many_statements_as_a_batch_of_one(
     assert one == many <= 3  # BEGIN, the batch statement, COMMIT
 
 
-async def test_purge_drops_only_windows_that_decide_nothing(
+async def test_purge_drops_only_full_rate_limit_buckets(
     pool: asyncpg.Pool, proc_app: Any, run_jobs: Callable[[], Awaitable[None]]
 ) -> None:
-    await pool.execute(
-        "INSERT INTO view_dedupe VALUES "
-        "('h1', 'r1', now() - interval '31 days', now() - interval '31 days'), "
-        "('h2', 'r1', now() - interval '29 days', now() - interval '29 days')"
-    )
     await pool.execute(
         "INSERT INTO rate_limit_buckets VALUES ('old', 0, now() - interval '1 hour', true), "
         "('new', 0, now(), true)"
     )
     await proc_app.configure_task("purge_event_state").defer_async()
     await run_jobs()
-    assert [r["ip_hash"] for r in await pool.fetch("SELECT ip_hash FROM view_dedupe")] == ["h2"]
     assert [r["key"] for r in await pool.fetch("SELECT key FROM rate_limit_buckets")] == ["new"]
 
 

@@ -74,3 +74,38 @@ async def test_metrics_count_crawl_items_by_outcome(http: httpx.AsyncClient, poo
     after = (await http.get("/metrics")).text
     assert counted(after, "created") - counted(before, "created") == 1
     assert counted(after, "rejected") - counted(before, "rejected") == 1
+
+
+def _gauge(text: str, name: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(lines) == 1, (name, lines)
+    return float(lines[0].split()[1])
+
+
+async def test_metrics_say_how_far_the_rollup_is_behind_the_facts(
+    http: httpx.AsyncClient, pool: Any, settings: Settings
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from app.rollup import run_rollup
+    from tests.factories import create_rule
+
+    text = (await http.get("/metrics")).text
+    assert _gauge(text, "ingest_rollup_dirty_days") == 0
+    assert _gauge(text, "ingest_rollup_oldest_change_age_seconds") == 0
+    rule = await create_rule(pool)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    await pool.execute(
+        "INSERT INTO events (type, rule_id, ts, received_at) VALUES"
+        " ('COPY', $1, $2, now() - interval '90 seconds'), ('SAVE', $1, $3, now())",
+        rule,
+        yesterday,
+        yesterday - timedelta(days=2),
+    )
+    text = (await http.get("/metrics")).text
+    assert _gauge(text, "ingest_rollup_dirty_days") == 2
+    assert 90 <= _gauge(text, "ingest_rollup_oldest_change_age_seconds") < 150
+    await run_rollup(pool, settings=settings)
+    text = (await http.get("/metrics")).text
+    assert _gauge(text, "ingest_rollup_dirty_days") == 0
+    assert _gauge(text, "ingest_rollup_oldest_change_age_seconds") == 0

@@ -73,8 +73,10 @@ def build_reference(groups: list[tuple], donations: list[tuple]) -> Reference:
     ref = Reference(rules={r.id: r for r in RULES})
     for type_, rule_id, ip, offset, hour, repeats in groups:
         day = BASE + timedelta(days=offset)
+        # Seven minutes apart: some repeats share a 10-minute slot, others do not.
         ref.events += [
-            Event(type_, rule_id, ip, at(day, hour, minute)) for minute in range(repeats)
+            Event(type_, rule_id, ip, at(day, hour) + timedelta(minutes=7 * k))
+            for k in range(repeats)
         ]
     for n, (author, offset, amount, refunded, status, disputed) in enumerate(donations):
         dispute = DISPUTE_OF_STATUS.get(status)
@@ -145,8 +147,8 @@ def test_sql_rollup_matches_reference_computation(
 
 def fixed_reference() -> Reference:
     groups = [
-        ("VIEW", "rul_a", "ip1", 0, 9, 7),  # capped to 5
-        ("VIEW", "rul_a", "ip2", 0, 10, 2),
+        ("VIEW", "rul_a", "ip1", 0, 9, 9),  # 9 views in 6 slots: capped to 5
+        ("VIEW", "rul_a", "ip2", 0, 10, 2),  # 7 minutes apart, one slot: 1
         ("VIEW", "rul_a", None, 0, 11, 6),  # no IP: not capped
         ("COPY", "rul_b", "ip1", 1, 3, 2),
         ("FORK", "rul_c", None, 2, 4, 1),
@@ -170,7 +172,7 @@ async def test_views_are_capped_per_ip_rule_and_day(pool: asyncpg.Pool, settings
     await load(pool, ref)
     await roll(pool, settings)
     rows = await rule_rows(pool)
-    assert rows[("rul_a", BASE)]["views"] == 5 + 2 + 6
+    assert rows[("rul_a", BASE)]["views"] == 5 + 1 + 6
     await check_against_reference(pool, ref, window(BASE + timedelta(days=3), 4))
 
 
@@ -402,3 +404,51 @@ async def test_custom_half_life_and_weights(pool: asyncpg.Pool, db_url: str) -> 
     settings = make_settings(db_url, trending_half_life_days=1.5)
     await roll(pool, settings)
     await check_against_reference(pool, ref, window(BASE + timedelta(days=3), 4))
+
+
+async def test_a_fact_written_by_a_transaction_open_during_a_run_keeps_its_day_dirty(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """A run sees every fact stamped before the oldest transaction still open when it starts;
+    a slower writer's event is not in its numbers, so the day stays dirty for the next run."""
+    ref = fixed_reference()
+    await load(pool, ref)
+    day = BASE + timedelta(days=1)
+    async with pool.acquire() as writer:
+        tx = writer.transaction()
+        await tx.start()
+        await writer.execute(
+            "INSERT INTO events (type, rule_id, ts) VALUES ('FORK', 'rul_c', $1)", at(day, 8)
+        )
+        await roll(pool, settings)
+        await tx.commit()
+    dirty = await pool.fetch("SELECT day, reasons FROM rollup_dirty_days")
+    assert [(r["day"], r["reasons"]) for r in dirty] == [(day, ["events"])]
+    report = await run_rollup(pool, settings=settings)
+    assert report.days == [day]
+    assert (await rule_rows(pool))[("rul_c", day)]["forks"] == 1
+    assert await pool.fetchval("SELECT count(*) FROM rollup_dirty_days") == 0
+
+
+async def test_updated_and_deleted_facts_make_their_days_dirty(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    ref = fixed_reference()
+    await load(pool, ref)
+    await roll(pool, settings)
+    assert await pool.fetchval("SELECT count(*) FROM rollup_dirty_days") == 0
+    moved = BASE + timedelta(days=2)
+    await pool.execute(
+        "UPDATE events SET ts = ts + interval '1 day' WHERE type = 'COPY'"
+    )  # the copies of BASE+1 move to BASE+2
+    await pool.execute("DELETE FROM donations WHERE author_id = 'usr_2'")
+    dirty = await pool.fetch("SELECT day, reasons FROM rollup_dirty_days ORDER BY day")
+    assert [(r["day"], r["reasons"]) for r in dirty] == [
+        (BASE + timedelta(days=1), ["donations", "events"]),
+        (moved, ["events"]),
+    ]
+    await run_rollup(pool, settings=settings)
+    rows = await rule_rows(pool)
+    assert ("rul_b", BASE + timedelta(days=1)) not in rows
+    assert rows[("rul_b", moved)]["copies"] == 2
+    assert await pool.fetchval("SELECT count(*) FROM rollup_fact_changes") == 0

@@ -4,6 +4,7 @@ killed run, and events loaded through the public endpoint."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -19,7 +20,7 @@ import pytest
 
 import jobs
 from app.rollup import utc_today, window
-from jobs.rollup import NIGHTLY_CRON
+from jobs.rollup import NIGHTLY_CRON, REFRESH_CRON
 from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer
 from tests.rollup_helpers import (
     COUNT_COLUMNS,
@@ -42,13 +43,16 @@ def test_periodic_tasks_are_registered_with_the_documented_schedule() -> None:
     app = jobs.create_app("")
     periodic = {key: task.cron for key, task in app.periodic_registry.periodic_tasks.items()}
     assert periodic[("rollup", "nightly_rollup")] == NIGHTLY_CRON == "10 0 * * *"
-    assert periodic[("rollup_backfill", "rollup_backfill")] == "*/10 * * * *"
+    assert periodic[("rollup_refresh", "rollup_refresh")] == REFRESH_CRON == "*/5 * * * *"
     assert periodic[("notify_authors", "notify_every_5_minutes")] == "*/5 * * * *"
     assert periodic[("retry_stalled_jobs", "every_minute")] == "* * * * *"
     assert ("purge_old_events", "nightly_event_retention") in periodic
     task = app.tasks["rollup"]
     assert task.lock == "rollup" and task.queueing_lock == "rollup"
     assert task.retry_strategy is not None and task.retry_strategy.max_attempts == 5
+    for name in ("rollup_refresh", "rollup_backfill"):  # the older name still works
+        assert app.tasks[name].lock == "rollup"  # never beside a rollup
+        assert app.tasks[name].queueing_lock == "rollup_refresh"
 
 
 async def test_http_trigger_deduplicates_and_the_job_rolls_up(
@@ -108,47 +112,95 @@ async def test_http_dry_run_answers_200_and_writes_nothing(
     assert await pool.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
 
 
-async def test_nightly_run_rolls_two_days_and_backfills_the_missing_ones(
+async def test_nightly_run_rolls_two_days_and_every_dirty_one(
     pool: asyncpg.Pool, proc_app: Any, run_jobs: Callable[[], Awaitable[None]]
 ) -> None:
     await insert_rules(pool, RULES)
     today = utc_today()
     old = today - timedelta(days=20)
     await insert_events(pool, [Event("SAVE", "rul_q", "ip", at(old, 5))])
-    await pool.execute(
-        "INSERT INTO rollup_days (day) SELECT d::date FROM generate_series($1::date, $2::date,"
-        " interval '1 day') d WHERE d::date <> $3",
-        today - timedelta(days=30),
-        today - timedelta(days=1),
-        old,
-    )
     midnight = datetime.combine(today, datetime.min.time(), tzinfo=UTC) + timedelta(minutes=10)
     await proc_app.configure_task("rollup").defer_async(timestamp=int(midnight.timestamp()))
     await run_jobs()
-    days = (await pool.fetchrow("SELECT days FROM rollup_runs"))["days"]
-    assert days == [old, today - timedelta(days=2), today - timedelta(days=1)]
+    run = await pool.fetchrow("SELECT days, day_reasons FROM rollup_runs")
+    assert run["days"] == [old, today - timedelta(days=2), today - timedelta(days=1)]
+    assert run["day_reasons"] == {
+        old.isoformat(): ["never_rolled"],
+        (today - timedelta(days=2)).isoformat(): ["schedule"],
+        (today - timedelta(days=1)).isoformat(): ["schedule"],
+    }
     assert (await rule_rows(pool))[("rul_q", old)]["saves"] == 1
 
 
-async def test_backfill_task_queues_a_rollup_for_missing_days(
+async def test_refresh_rolls_only_dirty_days_and_nothing_when_none(
     pool: asyncpg.Pool, proc_app: Any, run_jobs: Callable[[], Awaitable[None]]
 ) -> None:
-    await proc_app.configure_task("rollup_backfill").defer_async(timestamp=0)
+    """The schedule's refresh: with nothing dirty no rollup statement runs (no run row, no
+    audit row); an event received after the last run is rolled by the next refresh, with the
+    later days' trending and boards."""
+    await proc_app.configure_task("rollup_refresh").defer_async(timestamp=0)
     await run_jobs()
-    rolled = await pool.fetchval("SELECT count(*) FROM rollup_days")
-    assert rolled == 30  # every day of the last 30 up to yesterday
-    await proc_app.configure_task("rollup_backfill").defer_async(timestamp=1)
+    assert await pool.fetchval("SELECT count(*) FROM rollup_runs") == 0
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE action = 'rollup.run'") == 0
+
+    await insert_rules(pool, RULES)
+    today = utc_today()
+    days = [today - timedelta(days=n) for n in (3, 2, 1)]
+    await insert_events(pool, [Event("COPY", "rul_p", "ip", at(d, 4)) for d in days])
+    await proc_app.configure_task("rollup_refresh").defer_async(timestamp=1)
     await run_jobs()
-    assert await pool.fetchval("SELECT count(*) FROM rollup_runs") == 1  # nothing missing now
+    first = await pool.fetchrow("SELECT id, days, day_reasons FROM rollup_runs")
+    assert first["days"] == days
+    assert first["day_reasons"] == {d.isoformat(): ["never_rolled"] for d in days}
+    assert await pool.fetchval("SELECT count(*) FROM rollup_dirty_days") == 0
+
+    await proc_app.configure_task("rollup_refresh").defer_async(timestamp=2)
+    await run_jobs()
+    assert await pool.fetchval("SELECT count(*) FROM rollup_runs") == 1  # nothing dirty: no run
+
+    await insert_events(pool, [Event("FORK", "rul_q", "ip", at(days[0], 9))])
+    await proc_app.configure_task("rollup_refresh").defer_async(timestamp=3)
+    await run_jobs()
+    second = await pool.fetchrow(
+        "SELECT days, day_reasons FROM rollup_runs WHERE id > $1", first["id"]
+    )
+    assert second["days"] == [days[0]]
+    assert second["day_reasons"] == {
+        days[0].isoformat(): ["events"],
+        days[1].isoformat(): ["cascade"],
+        days[2].isoformat(): ["cascade"],
+    }
+    assert (await rule_rows(pool))[("rul_q", days[0])]["forks"] == 1
+    weekly = await pool.fetchval(
+        "SELECT score FROM leaderboard_snapshot WHERE day = $1 AND period = 'WEEKLY'"
+        " AND entity = 'RULE' AND scope = 'GLOBAL' AND entity_id = 'rul_q'",
+        days[2],
+    )
+    assert weekly == 6.0  # the late fork reached the boards of the days after it
 
 
-@pytest.mark.parametrize("day", ["not-a-date", "9999-12-31", "1999-12-31"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"date": "not-a-date"},
+        {"date": "9999-12-31"},
+        {"date": "1999-12-31"},
+        {"days": 0},
+        {"days": -3},
+        {"days": 31},
+        {"days": 5000},
+        {"days": "7"},
+    ],
+)
 async def test_a_rollup_with_invalid_arguments_fails_at_once(
-    pool: asyncpg.Pool, proc_app: Any, run_jobs: Callable[[], Awaitable[None]], day: str
+    pool: asyncpg.Pool,
+    proc_app: Any,
+    run_jobs: Callable[[], Awaitable[None]],
+    args: dict[str, Any],
 ) -> None:
-    """A malformed or out-of-range date from a shell cannot succeed on a retry: one attempt,
-    then failed (the same range as POST /cron/rollup)."""
-    job_id = await proc_app.configure_task("rollup").defer_async(date=day)
+    """A malformed or out-of-range date or day count from a shell cannot succeed on a retry:
+    one attempt, then failed (the same ranges as POST /cron/rollup and `ingest rollup`)."""
+    job_id = await proc_app.configure_task("rollup").defer_async(**args)
     await run_jobs()
     # (a periodic job may run beside it when the test crosses a scheduled minute)
     job = await pool.fetchrow(
@@ -213,6 +265,42 @@ async def test_cli_rollup_and_dry_run(db_url: str, pool: asyncpg.Pool) -> None:
     )
     assert real.returncode == 0, real.stderr
     assert await pool.fetchval("SELECT copies FROM rule_metric_daily") == 1
+
+
+def _cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "rollup", *args],
+        env=_subprocess_env(db_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "31", "5000", "seven"])
+async def test_cli_refuses_day_counts_the_job_and_http_refuse(db_url: str, days: str) -> None:
+    done = await asyncio.to_thread(_cli, db_url, "--days", days)
+    assert done.returncode == 2
+    assert "must be a whole number from 1 to 30" in done.stderr
+
+
+async def test_cli_status_lists_dirty_days_and_refresh_rolls_them(
+    db_url: str, pool: asyncpg.Pool
+) -> None:
+    await insert_rules(pool, RULES)
+    day = utc_today() - timedelta(days=3)
+    await insert_events(pool, [Event("SAVE", "rul_q", "ip", at(day, 4))])
+    status = await asyncio.to_thread(_cli, db_url, "--status")
+    assert status.returncode == 0, status.stderr
+    listed = json.loads(status.stdout)
+    assert [(d["day"], d["reasons"]) for d in listed["dirtyDays"]] == [
+        (day.isoformat(), ["never_rolled"])
+    ]
+    refresh = await asyncio.to_thread(_cli, db_url, "--refresh")
+    assert refresh.returncode == 0, refresh.stderr
+    assert json.loads(refresh.stdout)["days"] == [day.isoformat()]
+    after = json.loads((await asyncio.to_thread(_cli, db_url, "--status")).stdout)
+    assert after["dirtyDays"] == [] and after["lastRuns"][0]["status"] == "succeeded"
 
 
 async def _snapshot(pool: asyncpg.Pool) -> dict[date, Any]:

@@ -20,8 +20,8 @@ import pytest
 
 from app.db import create_pool
 from app.rollup import RollupReport, run_rollup, window
-from app.rollup.store import count_day_events, stage_day, stage_rule_rows
 from app.rollup.run import events_database_url, open_events_pool, rollup_and_record
+from app.rollup.store import count_day_events, stage_day, stage_rule_rows
 from app.settings import Settings
 from tests.conftest import _admin, make_settings
 from tests.rollup_helpers import (
@@ -122,7 +122,7 @@ async def snapshot(url: str) -> dict[str, Any]:
 
 async def roll(settings: Settings, *, dry_run: bool = False) -> RollupReport:
     return await rollup_and_record(
-        settings, end_day=DAYS[-1], days=len(DAYS), backfill=False, actor="test", dry_run=dry_run
+        settings, end_day=DAYS[-1], days=len(DAYS), actor="test", dry_run=dry_run
     )
 
 

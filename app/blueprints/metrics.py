@@ -11,6 +11,7 @@ from app.db import UNAVAILABLE_ERRORS
 from app.errors import Unauthorized
 from app.http.auth import matches_any
 from app.http.openapi import METRICS_TOKEN_SCHEME, error_responses
+from app.rollup.config import retention_floor_of, utc_today
 from app.settings import split_secret
 
 bp = Blueprint("metrics")
@@ -41,7 +42,8 @@ async def scrape(request: Request) -> HTTPResponse:
     metrics.observe_pool(request.app.ctx.pool)
     try:
         async with request.app.ctx.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
-            families = await metrics.database_gauges(conn)
+            floor = retention_floor_of(settings, utc_today())
+            families = await metrics.database_gauges(conn, rollup_floor=floor)
     except UNAVAILABLE_ERRORS:
         families = []  # the process metrics are still worth serving while the database is down
     body, content_type = metrics.render(families)

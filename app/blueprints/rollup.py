@@ -41,7 +41,15 @@ class RollupRequest(BaseModel):
         "default today (UTC)",
     )
     dry_run: StrictBool = Field(default=False, alias="dryRun")
-    days_to_process: StrictInt = Field(default=7, ge=1, le=30, alias="daysToProcess")
+    days_to_process: StrictInt = Field(
+        default=rollup.DEFAULT_DAYS,
+        ge=rollup.MIN_DAYS,
+        le=rollup.MAX_DAYS,
+        alias="daysToProcess",
+        description=f"days ending on `date`, {rollup.MIN_DAYS} to {rollup.MAX_DAYS} (the same "
+        "range as the `rollup` job's `days` and `ingest rollup --days`); every dirty day is "
+        "rolled too",
+    )
 
 
 class RollupDryRun(ResponseModel):
@@ -59,6 +67,10 @@ class RollupDryRun(ResponseModel):
     stage_ms: float
     apply_ms: float
     top: list[dict[str, Any]]
+    reasons: dict[str, list[str]] = Field(
+        description="why each day would be rolled: schedule, operator, never_rolled, events, "
+        "donations, or cascade (trending and boards only)"
+    )
 
 
 @bp.post("/cron/rollup", ctx_credential="cron", ctx_body_limit=BODY_LIMIT)

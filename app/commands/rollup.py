@@ -1,7 +1,9 @@
-"""`ingest rollup`: run the rollup in this process, or show what it would write.
+"""`ingest rollup`: run the rollup in this process, show what it would write, or how fresh it is.
 
 ingest rollup --date 2026-01-31 --days 7
 ingest rollup --days 2 --dry-run
+ingest rollup --refresh          # only the dirty days, as the schedule does every 5 minutes
+ingest rollup --status           # dirty days and the last runs
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ import asyncio
 import datetime as dt
 import getpass
 import json
+from typing import Any
+
+import asyncpg
 
 from app import rollup
 from app.commands._common import database_url
+from app.db import create_pool, queries
+from app.rollup.plan import dirty_days
 from app.settings import Settings
+
+STATUS_RUNS = 5
 
 
 def _actor() -> str:
@@ -31,17 +40,29 @@ def _day(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _run(args: argparse.Namespace) -> int:
-    from app.rollup import rollup_and_record
+def _days(text: str) -> int:
+    try:
+        return rollup.parse_days(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from {rollup.MIN_DAYS} to {rollup.MAX_DAYS}, got {text!r}"
+        ) from None
 
+
+def _settings() -> Settings:
     settings = Settings()
-    settings = settings.model_copy(update={"database_url": database_url(settings)})
+    return settings.model_copy(update={"database_url": database_url(settings)})
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.status:
+        print(json.dumps(asyncio.run(_status(_settings())), indent=2, default=str))
+        return 0
     report = asyncio.run(
-        rollup_and_record(
-            settings,
+        rollup.rollup_and_record(
+            _settings(),
             end_day=args.date or rollup.utc_today(),
-            days=args.days,
-            backfill=args.backfill,
+            days=0 if args.refresh else args.days,
             actor=_actor(),
             dry_run=args.dry_run,
         )
@@ -50,16 +71,50 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _status(settings: Settings) -> dict[str, Any]:
+    """The dirty days (what the next run will roll, and why) and the last runs."""
+    assert settings.database_url is not None
+    pool: asyncpg.Pool = await create_pool(settings.database_url, min_size=0, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            dirty = await dirty_days(conn)
+            runs = [dict(r) async for r in queries.rollup_recent_runs(conn, limit_=STATUS_RUNS)]
+    finally:
+        await pool.close()
+    return {
+        "dirtyDays": [
+            {"day": d.day, "reasons": list(d.reasons), "changedSince": d.changed_since}
+            for d in dirty
+        ],
+        "lastRuns": runs,
+    }
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "rollup", help="roll events and donations up into metrics, trending and leaderboards"
     )
     parser.add_argument("--date", type=_day, default=None, help="last day (default: today, UTC)")
-    parser.add_argument("--days", type=int, default=7, help="days ending on --date (default 7)")
+    parser.add_argument(
+        "--days",
+        type=_days,
+        default=rollup.DEFAULT_DAYS,
+        help=f"days ending on --date, {rollup.MIN_DAYS} to {rollup.MAX_DAYS} "
+        f"(default {rollup.DEFAULT_DAYS}); every dirty day is rolled too",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="compute, print, and roll everything back"
     )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--refresh", action="store_true", help="only the dirty days (what the schedule runs)"
+    )
+    what.add_argument(
+        "--status", action="store_true", help="print the dirty days and the last runs, roll nothing"
+    )
     parser.add_argument(
-        "--backfill", action="store_true", help="also roll missing days of the last 30"
+        "--backfill",
+        action="store_true",
+        help="kept for older scripts: every run already includes the dirty days",
     )
     parser.set_defaults(func=_run)

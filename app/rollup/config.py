@@ -16,9 +16,12 @@ VIEW_CAP = 5
 FIRST_DAY = date(2000, 1, 1)
 LAST_DAY = date(9999, 12, 1)
 EVENT_TYPES = ("view", "copy", "save", "fork", "vote")
-# Trending and WEEKLY/MONTHLY boards of a day read the days before it: re-rolling a day also
-# refreshes the already-rolled days this many days after it.
-MONTHLY_WINDOW_DAYS = 30
+# How many days ending on a date an operator may ask for, the same for HTTP (`daysToProcess`), the
+# `rollup` job (`days`) and `ingest rollup --days`. Changed days beyond them are found and rolled
+# by every run anyway (app.rollup.plan).
+MIN_DAYS = 1
+MAX_DAYS = 30
+DEFAULT_DAYS = 7
 DRY_RUN_TOP = 5
 
 
@@ -31,6 +34,15 @@ def parse_day(text: str) -> date:
     if not FIRST_DAY <= day <= LAST_DAY:
         raise ValueError(f"date must be between {FIRST_DAY} and {LAST_DAY}, got {text!r}")
     return day
+
+
+def parse_days(value: object) -> int:
+    """How many days a rollup covers; ValueError, saying the range, for anything else."""
+    if type(value) is not int or not MIN_DAYS <= value <= MAX_DAYS:
+        raise ValueError(
+            f"days must be a whole number from {MIN_DAYS} to {MAX_DAYS}, got {value!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class RollupConfig:
     work_mem: str
     parallelism: int
     retention_days: int
+    facts_margin_s: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RollupConfig:
@@ -82,6 +95,7 @@ class RollupConfig:
             work_mem=settings.rollup_work_mem,
             parallelism=settings.rollup_parallelism,
             retention_days=settings.event_retention_days,
+            facts_margin_s=settings.rollup_facts_margin_s,
         )
 
     def trend_params(self) -> dict[str, Any]:
@@ -103,6 +117,15 @@ def window(end_day: date, days: int) -> list[date]:
 
 def retention_floor(config: RollupConfig, today: date) -> date | None:
     """The oldest day whose events are all still kept; older days must not be re-rolled."""
-    if config.retention_days <= 0:
+    return _floor(config.retention_days, today)
+
+
+def retention_floor_of(settings: Settings, today: date) -> date | None:
+    """`retention_floor` straight from the settings (no other setting is read)."""
+    return _floor(settings.event_retention_days, today)
+
+
+def _floor(retention_days: int, today: date) -> date | None:
+    if retention_days <= 0:
         return None
-    return today - timedelta(days=config.retention_days - 1)
+    return today - timedelta(days=retention_days - 1)

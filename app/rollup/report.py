@@ -33,6 +33,13 @@ class RollupReport:
     stage_ms: float = 0.0
     apply_ms: float = 0.0
     top: list[dict[str, Any]] = field(default_factory=list)
+    # Why each day was rolled: the plan's reasons, and "cascade" for the refreshed days.
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def is_noop(self) -> bool:
+        """Nothing was dirty or asked for: no statement of the rollup ran."""
+        return not self.days
 
     def add(self, result: DayResult) -> None:
         self.rule_metric_daily += result.rule_rows
@@ -60,6 +67,7 @@ class RollupReport:
             "durationMs": self.duration_ms,
             "stageMs": self.stage_ms,
             "applyMs": self.apply_ms,
+            "reasons": self.reasons,
             "top": self.top,
         }
 

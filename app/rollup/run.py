@@ -1,25 +1,25 @@
-"""Rollups: events and donations into daily metrics, trending scores and leaderboards.
+"""The rollup run: plan, then one sequence of steps that the real run and the dry run share.
 
-All counting is done by the SQL in `sql/rollup.sql`; Python only orders the work. A run has
-two phases:
+`run_rollup` plans the days (`app.rollup.plan`: the days asked for plus every dirty day), then
+`execute` runs the steps:
 
-1. *stage*: the per-day event aggregates (the only statements that read `events`) run in
-   parallel over `ROLLUP_PARALLELISM` connections into the unlogged `rollup_stage_rule`;
-   with an `events_pool` (a read replica, `ROLLUP_DATABASE_URL`) they run there as plain
-   SELECTs whose rows are copied into the stage, and everything else runs on `pool`, the
-   primary;
-   then, again in parallel, each day to apply gets its rules' window sums and trending
-   scores (`rollup_stage_window`, one read of the days up to it: the run's other days from
-   the stage, their final new numbers, and older days from the metric tables); the boards'
-   scopes are numbered once (`rollup_stage_scope`) and the stage is analyzed;
-2. *apply*: one transaction per day, again over parallel connections, replaces the day's
-   rule and author rows with their trending scores and rebuilds its leaderboards, all from
-   the stage.
+1. *stage* each planned day: its event aggregate (the only statements that read `events`; with
+   an `events_pool`, a read replica, they run there as plain SELECTs whose rows are copied in)
+   and its author rows, into unlogged scratch tables;
+2. *cascade*: the planned days whose counts changed are compared with the stored ones; every
+   rolled day after the earliest of them reads it (trending horizon, WEEKLY/MONTHLY and ALL_TIME
+   boards), so it is refreshed in the same run;
+3. *windows*: each planned and refreshed day's window sums and trending scores, from one read of
+   the days up to it (the run's days from the stage, their final new numbers, others from the
+   metric tables), and the boards' scopes, numbered once;
+4. *apply*, in day order: a planned day's rule and author rows, trending and boards are replaced
+   and the day is marked with the facts it now includes (`facts_as_of`); a refreshed day gets
+   its trending and boards again.
 
-A day is therefore either entirely the previous numbers or entirely the new ones, and every
-committed day was computed from the numbers the whole run leaves, whatever order the days
-were committed in. `run_rollup` is the only
-function here that opens transactions; the others run inside the caller's.
+The real run (`Lanes`) spreads each per-day step over ROLLUP_PARALLELISM connections, one
+transaction per day, so every day is either entirely at its previous numbers or entirely at its
+new ones. The dry run (`OneTransaction`) runs the same steps on one connection inside one
+transaction that it rolls back. Nothing else here opens transactions.
 """
 
 from __future__ import annotations
@@ -27,29 +27,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import date, timedelta
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
 from app import audit
 from app.db import create_pool, queries
-from app.rollup.config import (
-    DRY_RUN_TOP,
-    MONTHLY_WINDOW_DAYS,
-    RollupConfig,
-    retention_floor,
-    utc_today,
-    window,
-)
-from app.rollup.report import RollupReport, report_details
+from app.rollup.config import DRY_RUN_TOP, RollupConfig, utc_today, window
+from app.rollup.plan import Reason, RollupPlan, plan_rollup
+from app.rollup.report import DayResult, RollupReport, report_details
 from app.rollup.store import (
-    days_to_backfill,
+    apply_day,
+    changed_days,
+    derive_day,
+    facts_horizon,
     lock_day,
-    roll_day,
-    rolled_days,
+    rolled_days_after,
     stage_day,
     stage_windows,
     top_entries,
@@ -58,117 +55,135 @@ from app.settings import Settings
 
 logger = logging.getLogger("ingest.rollup")
 
-
-def plan_days(
-    *, end_day: date, days: int, extra_days: Iterable[date], config: RollupConfig, today: date
-) -> tuple[list[date], list[date]]:
-    """(days to roll, days skipped because their events may already be purged)."""
-    wanted = sorted(set(window(end_day, days)) | set(extra_days))
-    floor = retention_floor(config, today)
-    if floor is None:
-        return wanted, []
-    return [d for d in wanted if d >= floor], [d for d in wanted if d < floor]
+T = TypeVar("T")
+DayWork = Callable[[asyncpg.Connection, date], Awaitable[None]]
 
 
-async def run_rollup(
-    pool: asyncpg.Pool,
-    *,
-    end_day: date,
-    days: int,
-    settings: Settings,
-    dry_run: bool = False,
-    extra_days: Sequence[date] = (),
-    actor: str = "rollup",
-    events_pool: asyncpg.Pool | None = None,
-) -> RollupReport:
-    """Roll up `days` days ending on `end_day` (plus `extra_days`); see the module docstring.
+class Executor(Protocol):
+    """Where the steps run: `each` day in a transaction of its own (or the one of the dry run),
+    `once` for a step over the whole run."""
 
-    With `dry_run`, everything runs on one connection in one transaction that is rolled back,
-    and the report says what would have been written. With `events_pool` (a read replica of
-    `pool`'s database), the per-day event aggregates are read there, in read-only
-    transactions, and nothing else is: every write and every other read stays on `pool`.
-    """
-    config = RollupConfig.from_settings(settings)
-    planned, skipped = plan_days(
-        end_day=end_day, days=days, extra_days=extra_days, config=config, today=utc_today()
-    )
-    report = RollupReport(
-        run_id=None, end_day=end_day, days=planned, dry_run=dry_run, skipped_days=skipped
-    )
-    args = {
-        "endDay": end_day.isoformat(),
-        "days": days,
-        "dryRun": dry_run,
-        "extraDays": [d.isoformat() for d in extra_days],
-    }
+    async def each(self, days: list[date], work: DayWork) -> None: ...
+
+    async def once(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T: ...
+
+
+@dataclass
+class Lanes:
+    """The real run: every day in its own transaction, over `lanes` connections of `pool`."""
+
+    pool: asyncpg.Pool
+    lanes: int
+
+    async def each(self, days: list[date], work: DayWork) -> None:
+        todo: asyncio.Queue[date] = asyncio.Queue()
+        for day in days:
+            todo.put_nowait(day)
+
+        async def lane() -> None:
+            async with self.pool.acquire() as conn:
+                while not todo.empty():
+                    day = todo.get_nowait()
+                    async with conn.transaction():
+                        await work(conn, day)
+
+        await asyncio.gather(*(lane() for _ in range(max(1, min(self.lanes, len(days))))))
+
+    async def once(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await work(conn)
+
+
+@dataclass
+class OneTransaction:
+    """The dry run: every step, day after day in the order given, on one connection inside the
+    caller's transaction. Days are locked in ascending order, so two dry runs cannot deadlock."""
+
+    conn: asyncpg.Connection
+
+    async def each(self, days: list[date], work: DayWork) -> None:
+        for day in days:
+            await work(self.conn, day)
+
+    async def once(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        return await work(self.conn)
+
+
+@dataclass
+class RunSteps:
+    """The steps of one run over its plan; `execute` orders them."""
+
+    run_id: int
+    plan: RollupPlan
+    config: RollupConfig
+    report: RollupReport
+    facts_as_of: datetime
+    events_pool: asyncpg.Pool | None = None
+    refreshed: list[date] = field(default_factory=list)
+
+    @property
+    def every_day(self) -> list[date]:
+        return sorted([*self.plan.days, *self.refreshed])
+
+    async def stage(self, conn: asyncpg.Connection, day: date) -> None:
+        await queries.rollup_set_work_mem(conn, work_mem=self.config.work_mem)
+        async with _events_connection(self.events_pool, work_mem=self.config.work_mem) as source:
+            await stage_day(conn, run_id=self.run_id, day=day, events_conn=source)
+
+    async def find_cascade(self, conn: asyncpg.Connection) -> None:
+        """Fresh statistics for the stage, then the days that follow a changed one."""
+        await queries.rollup_analyze_stage(conn)
+        changed = await changed_days(conn, run_id=self.run_id, days=self.plan.days)
+        if changed:
+            later = await rolled_days_after(conn, day=changed[0])
+            self.refreshed = [d for d in later if d not in self.plan.reasons]
+
+    async def windows(self, conn: asyncpg.Connection, day: date) -> None:
+        await queries.rollup_set_work_mem(conn, work_mem=self.config.work_mem)
+        await stage_windows(
+            conn, run_id=self.run_id, run_days=self.plan.days, day=day, config=self.config
+        )
+
+    async def number_scopes(self, conn: asyncpg.Connection) -> None:
+        await queries.rollup_stage_scopes(conn, run_id=self.run_id)
+        await queries.rollup_analyze_windows(conn)
+
+    async def apply(self, conn: asyncpg.Connection, day: date) -> None:
+        await lock_day(conn, day=day, work_mem=self.config.work_mem)
+        common: dict[str, Any] = {
+            "run_id": self.run_id,
+            "run_days": self.plan.days,
+            "day": day,
+            "config": self.config,
+        }
+        if day in self.plan.reasons:
+            reasons = [str(r) for r in self.plan.reasons[day]]
+            result = await apply_day(conn, **common, reasons=reasons, facts_as_of=self.facts_as_of)
+        else:
+            result = await derive_day(conn, **common, result=DayResult(day, recomputed_only=True))
+        self.report.add(result)
+
+
+async def execute(ex: Executor, steps: RunSteps) -> None:
+    """The run's steps, in order (module docstring), on `ex`."""
     started = time.perf_counter()
-    if dry_run:
-        await _dry_run(pool, events_pool, report=report, config=config, actor=actor, args=args)
-    else:
-        await _real_run(
-            pool,
-            events_pool,
-            report=report,
-            config=config,
-            actor=actor,
-            args=args,
-            started=started,
-        )
-    report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
-    if dry_run:
-        await _record_dry_run(pool, report=report, actor=actor, args=args)
-    logger.info("rollup finished", extra={"run": report.as_json()})
-    return report
+    await ex.each(steps.plan.days, steps.stage)
+    await ex.once(steps.find_cascade)
+    steps.report.refreshed_days = steps.refreshed
+    steps.report.reasons = {
+        **steps.plan.reasons_json(),
+        **{d.isoformat(): [str(Reason.CASCADE)] for d in steps.refreshed},
+    }
+    # Latest first: a day's windows read every staged day up to it, so the lanes end together.
+    await ex.each(sorted(steps.every_day, reverse=True), steps.windows)
+    await ex.once(steps.number_scopes)
+    steps.report.stage_ms = _ms_since(started)
+    await ex.each(steps.every_day, steps.apply)
+    steps.report.apply_ms = round(_ms_since(started) - steps.report.stage_ms, 1)
 
 
-async def _real_run(
-    pool: asyncpg.Pool,
-    events_pool: asyncpg.Pool | None,
-    *,
-    report: RollupReport,
-    config: RollupConfig,
-    actor: str,
-    args: dict[str, Any],
-    started: float,
-) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        run_id = int(
-            await queries.rollup_start_run(
-                conn, actor=actor, end_day=report.end_day, days=report.days, args=args
-            )
-        )
-        await queries.rollup_clear_stage(conn, run_id=run_id)
-    report.run_id = run_id
-    try:
-        await _stage_in_parallel(pool, events_pool, run_id=run_id, report=report, config=config)
-        report.stage_ms = round((time.perf_counter() - started) * 1000, 1)
-        await _apply_in_parallel(pool, run_id=run_id, report=report, config=config)
-        report.apply_ms = round((time.perf_counter() - started) * 1000 - report.stage_ms, 1)
-    except BaseException as exc:
-        await _finish(pool, report=report, started=started, status="failed", error=repr(exc))
-        raise
-    await _finish(pool, report=report, started=started, status="succeeded", error=None)
-
-
-async def _in_lanes(
-    pool: asyncpg.Pool,
-    days: list[date],
-    lanes: int,
-    work: Callable[[asyncpg.Connection, date], Awaitable[None]],
-) -> None:
-    """Run `work` for every day, one transaction each, over `lanes` connections."""
-    todo: asyncio.Queue[date] = asyncio.Queue()
-    for day in days:
-        todo.put_nowait(day)
-
-    async def lane() -> None:
-        async with pool.acquire() as conn:
-            while not todo.empty():
-                day = todo.get_nowait()
-                async with conn.transaction():
-                    await work(conn, day)
-
-    await asyncio.gather(*(lane() for _ in range(max(1, min(lanes, len(days))))))
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
 
 
 @asynccontextmanager
@@ -186,71 +201,114 @@ async def _events_connection(
         yield replica
 
 
-async def _stage_in_parallel(
+async def run_rollup(
+    pool: asyncpg.Pool,
+    *,
+    settings: Settings,
+    end_day: date | None = None,
+    days: int = 0,
+    reason: Reason = Reason.OPERATOR,
+    dry_run: bool = False,
+    actor: str = "rollup",
+    events_pool: asyncpg.Pool | None = None,
+) -> RollupReport:
+    """Roll up the `days` days ending on `end_day` (none: only the dirty days), with `reason`,
+    plus every dirty day; see the module docstring.
+
+    With `dry_run`, everything runs on one connection in one transaction that is rolled back,
+    and the report says what would have been written. With `events_pool` (a read replica of
+    `pool`'s database), the per-day event aggregates are read there, in read-only
+    transactions, and nothing else is: every write and every other read stays on `pool`.
+    A plan with no day (nothing asked for, nothing dirty) runs no statement beyond the plan's
+    read and records nothing.
+    """
+    config = RollupConfig.from_settings(settings)
+    today = utc_today()
+    last_day = end_day or today
+    requested = window(last_day, days) if days else []
+    async with pool.acquire() as conn:
+        plan = await plan_rollup(
+            conn, requested=requested, reason=reason, config=config, today=today
+        )
+    report = RollupReport(
+        run_id=None,
+        end_day=last_day,
+        days=plan.days,
+        dry_run=dry_run,
+        skipped_days=plan.skipped,
+        reasons=plan.reasons_json(),
+    )
+    if plan.is_empty:
+        return report
+    args = {"endDay": last_day.isoformat(), "days": days, "reason": str(reason), "dryRun": dry_run}
+    started = time.perf_counter()
+    run = _dry_run if dry_run else _real_run
+    await run(pool, events_pool, plan=plan, report=report, config=config, actor=actor, args=args)
+    report.duration_ms = _ms_since(started)
+    if dry_run:
+        await _record_dry_run(pool, report=report, actor=actor, args=args)
+    logger.info("rollup finished", extra={"run": report_details(report)})
+    return report
+
+
+async def _start_run(
+    conn: asyncpg.Connection,
+    events_pool: asyncpg.Pool | None,
+    *,
+    plan: RollupPlan,
+    report: RollupReport,
+    config: RollupConfig,
+    actor: str,
+    args: dict[str, Any],
+) -> tuple[int, datetime]:
+    """The run's row, and up to when the run will see every fact (`facts_horizon`)."""
+    row = await queries.rollup_start_run(
+        conn,
+        actor=actor,
+        end_day=report.end_day,
+        days=plan.days,
+        args=args,
+        day_reasons=plan.reasons_json(),
+    )
+    margin = config.facts_margin_s
+    if events_pool is None:
+        horizon = await facts_horizon(conn, margin_s=margin, events_conn=None)
+    else:
+        async with events_pool.acquire() as replica:
+            horizon = await facts_horizon(conn, margin_s=margin, events_conn=replica)
+    return int(row["id"]), horizon
+
+
+async def _real_run(
     pool: asyncpg.Pool,
     events_pool: asyncpg.Pool | None,
     *,
-    run_id: int,
+    plan: RollupPlan,
     report: RollupReport,
     config: RollupConfig,
+    actor: str,
+    args: dict[str, Any],
 ) -> None:
-    """The event scans, then every applied day's windows, each spread over `parallelism`
-    connections, one day per transaction, each followed by fresh statistics; then the boards'
-    scopes. Only the event scans read from `events_pool`, when there is one."""
-
-    async def stage(conn: asyncpg.Connection, day: date) -> None:
-        await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
-        async with _events_connection(events_pool, work_mem=config.work_mem) as source:
-            await stage_day(conn, run_id=run_id, day=day, events_conn=source)
-
-    async def windows(conn: asyncpg.Connection, day: date) -> None:
-        await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
-        await stage_windows(conn, run_id=run_id, run_days=report.days, day=day, config=config)
-
-    await _in_lanes(pool, report.days, config.parallelism, stage)
-    async with pool.acquire() as conn:
-        await queries.rollup_analyze_stage(conn)
-        report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
-    # Latest first: a day's windows read every staged day up to it, so the lanes end together.
-    every_day = sorted([*report.days, *report.refreshed_days], reverse=True)
-    await _in_lanes(pool, every_day, config.parallelism, windows)
-    async with pool.acquire() as conn:
-        await queries.rollup_stage_scopes(conn, run_id=run_id)
-        await queries.rollup_analyze_windows(conn)
-
-
-async def _apply_in_parallel(
-    pool: asyncpg.Pool, *, run_id: int, report: RollupReport, config: RollupConfig
-) -> None:
-    """One transaction per day, in parallel: the run's days, then the rolled days that follow.
-
-    Each day reads the other run days from the stage, so no day waits for another."""
-
-    async def apply(conn: asyncpg.Connection, day: date) -> None:
-        await lock_day(conn, day=day, work_mem=config.work_mem)
-        report.add(
-            await roll_day(conn, run_id=run_id, run_days=report.days, day=day, config=config)
+    started = time.perf_counter()
+    async with pool.acquire() as conn, conn.transaction():
+        run_id, horizon = await _start_run(
+            conn, events_pool, plan=plan, report=report, config=config, actor=actor, args=args
         )
-
-    days = sorted([*report.days, *report.refreshed_days])
-    await _in_lanes(pool, days, config.parallelism, apply)
-
-
-async def _days_to_refresh(
-    conn: asyncpg.Connection, *, days: list[date], config: RollupConfig
-) -> list[date]:
-    """Already-rolled days whose trending or boards read one of `days`."""
-    if not days:
-        return []
-    reach = max(config.horizon_days, MONTHLY_WINDOW_DAYS) - 1
-    found = await rolled_days(conn, first_day=days[0], last_day=days[-1] + timedelta(days=reach))
-    return [d for d in found if d not in set(days)]
+        await queries.rollup_clear_stage(conn, run_id=run_id)
+    report.run_id = run_id
+    steps = RunSteps(run_id, plan, config, report, horizon, events_pool)
+    try:
+        await execute(Lanes(pool, config.parallelism), steps)
+    except BaseException as exc:
+        await _finish(pool, report=report, started=started, status="failed", error=repr(exc))
+        raise
+    await _finish(pool, report=report, started=started, status="succeeded", error=None)
 
 
 async def _finish(
     pool: asyncpg.Pool, *, report: RollupReport, started: float, status: str, error: str | None
 ) -> None:
-    report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    report.duration_ms = _ms_since(started)
     async with pool.acquire() as conn, conn.transaction():
         await queries.rollup_clear_stage(conn, run_id=report.run_id)
         await queries.rollup_finish_run(
@@ -259,6 +317,7 @@ async def _finish(
             status=status,
             duration_ms=report.duration_ms,
             row_counts=report.row_counts(),
+            day_reasons=report.reasons,
             error=error,
         )
 
@@ -271,6 +330,7 @@ async def _dry_run(
     pool: asyncpg.Pool,
     events_pool: asyncpg.Pool | None,
     *,
+    plan: RollupPlan,
     report: RollupReport,
     config: RollupConfig,
     actor: str,
@@ -280,43 +340,21 @@ async def _dry_run(
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():
-                run_id = int(
-                    await queries.rollup_start_run(
-                        conn, actor=actor, end_day=report.end_day, days=report.days, args=args
-                    )
+                run_id, horizon = await _start_run(
+                    conn,
+                    events_pool,
+                    plan=plan,
+                    report=report,
+                    config=config,
+                    actor=actor,
+                    args=args,
                 )
-                await _dry_run_days(conn, events_pool, run_id=run_id, report=report, config=config)
+                steps = RunSteps(run_id, plan, config, report, horizon, events_pool)
+                await execute(OneTransaction(conn), steps)
+                report.top = await top_entries(conn, day=report.end_day, limit=DRY_RUN_TOP)
                 raise _RollBack()
         except _RollBack:
             pass
-
-
-async def _dry_run_days(
-    conn: asyncpg.Connection,
-    events_pool: asyncpg.Pool | None,
-    *,
-    run_id: int,
-    report: RollupReport,
-    config: RollupConfig,
-) -> None:
-    await queries.rollup_set_work_mem(conn, work_mem=config.work_mem)
-    report.refreshed_days = await _days_to_refresh(conn, days=report.days, config=config)
-    every_day = sorted([*report.days, *report.refreshed_days])
-    for day in every_day:  # in order, so two dry runs cannot deadlock
-        await queries.rollup_lock_day(conn, day=day)
-    for day in report.days:
-        async with _events_connection(events_pool, work_mem=config.work_mem) as source:
-            await stage_day(conn, run_id=run_id, day=day, events_conn=source)
-    await queries.rollup_analyze_stage(conn)
-    for day in every_day:
-        await stage_windows(conn, run_id=run_id, run_days=report.days, day=day, config=config)
-    await queries.rollup_stage_scopes(conn, run_id=run_id)
-    await queries.rollup_analyze_windows(conn)
-    for day in every_day:
-        report.add(
-            await roll_day(conn, run_id=run_id, run_days=report.days, day=day, config=config)
-        )
-    report.top = await top_entries(conn, day=report.end_day, limit=DRY_RUN_TOP)
 
 
 async def _record_dry_run(
@@ -324,27 +362,30 @@ async def _record_dry_run(
 ) -> None:
     """The audit row of a dry run, written after its rollback (it changes no data)."""
     async with pool.acquire() as conn, conn.transaction():
-        run_id = int(
-            await queries.rollup_start_run(
-                conn, actor=actor, end_day=report.end_day, days=report.days, args=args
-            )
+        row = await queries.rollup_start_run(
+            conn,
+            actor=actor,
+            end_day=report.end_day,
+            days=report.days,
+            args=args,
+            day_reasons=report.reasons,
         )
         await queries.rollup_finish_run(
             conn,
-            run_id=run_id,
+            run_id=row["id"],
             status="dry_run",
             duration_ms=report.duration_ms,
             row_counts=report.row_counts(),
+            day_reasons=report.reasons,
             error=None,
         )
-    report.run_id = run_id
+    report.run_id = int(row["id"])
 
 
-# --- pools and the recorded run (task, CLI and benchmarks) ---
+# --- pools and the recorded run (tasks, CLI and benchmarks) ---
 
 # A long statement is normal here: no command timeout beyond an hour.
 COMMAND_TIMEOUT_S = 3600.0
-BACKFILL_DAYS = 30
 
 
 async def open_rollup_pool(settings: Settings) -> asyncpg.Pool:
@@ -382,26 +423,17 @@ async def open_events_pool(settings: Settings) -> asyncpg.Pool | None:
     )
 
 
-async def backfill_days(pool: asyncpg.Pool, *, today: date) -> list[date]:
-    """Days of the last 30 (to yesterday) never rolled, or whose donations changed since."""
-    async with pool.acquire() as conn:
-        return await days_to_backfill(
-            conn,
-            first_day=today - timedelta(days=BACKFILL_DAYS),
-            last_day=today - timedelta(days=1),
-        )
-
-
 async def rollup_and_record(
     settings: Settings,
     *,
-    end_day: date,
-    days: int,
-    backfill: bool,
     actor: str,
+    end_day: date | None = None,
+    days: int = 0,
+    reason: Reason = Reason.OPERATOR,
     dry_run: bool = False,
 ) -> RollupReport:
-    """Run on pools of its own and write the audit row; the CLI calls this too.
+    """Run on pools of its own and write the audit row (none when there was nothing to roll);
+    the tasks and the CLI call this.
 
     With ROLLUP_DATABASE_URL (a read replica) the event scans read there; all else, writes
     included, runs on DATABASE_URL."""
@@ -409,27 +441,31 @@ async def rollup_and_record(
     events_pool: asyncpg.Pool | None = None
     try:
         events_pool = await open_events_pool(settings)
-        extra = await backfill_days(pool, today=utc_today()) if backfill else []
         report = await run_rollup(
             pool,
+            settings=settings,
             end_day=end_day,
             days=days,
-            settings=settings,
+            reason=reason,
             dry_run=dry_run,
-            extra_days=extra,
             actor=actor,
             events_pool=events_pool,
         )
-        async with pool.acquire() as conn, conn.transaction():
-            await audit.record(
-                conn,
-                actor=actor,
-                action="rollup.dry_run" if dry_run else "rollup.run",
-                subject=f"rollup_run:{report.run_id}",
-                details=report_details(report),
-            )
+        if not report.is_noop:
+            await _audit(pool, report=report, actor=actor)
         return report
     finally:
         if events_pool is not None:
             await events_pool.close()
         await pool.close()
+
+
+async def _audit(pool: asyncpg.Pool, *, report: RollupReport, actor: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await audit.record(
+            conn,
+            actor=actor,
+            action="rollup.dry_run" if report.dry_run else "rollup.run",
+            subject=f"rollup_run:{report.run_id}",
+            details=report_details(report),
+        )

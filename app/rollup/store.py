@@ -6,7 +6,7 @@ The counting itself is SQL (`sql/rollup.sql`, and `rollup_rule_counts_of_day` in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -14,6 +14,11 @@ import asyncpg
 from app.db import queries
 from app.rollup.config import VIEW_CAP, RollupConfig
 from app.rollup.report import DayResult
+
+# With a standby for the events: how long an intake or Stripe transaction may take from its start
+# to its commit (its statements time out after DB_COMMAND_TIMEOUT_S, 30 s by default), so that
+# one begun before the standby's last replayed commit less this has been replayed.
+REPLICA_MARGIN_S = 120
 
 # rollup_stage_rule's columns, in the order rollup_day_rule_counts returns them.
 STAGE_RULE_COLUMNS = ("run_id", "day", "rule_id", "views", "copies", "saves", "forks", "votes")
@@ -67,15 +72,25 @@ async def stage_day(
 
 
 async def apply_day(
-    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
+    conn: asyncpg.Connection,
+    *,
+    run_id: int,
+    run_days: list[date],
+    day: date,
+    config: RollupConfig,
+    reasons: list[str],
+    facts_as_of: datetime,
 ) -> DayResult:
-    """Replace the day's metric rows with the staged ones, then derive its scores."""
+    """Replace the day's metric rows with the staged ones, derive its scores, and record which
+    facts the day now includes (`facts_as_of`, see `facts_horizon`)."""
     result = DayResult(day=day)
     source = {"run_id": run_id, "run_days": run_days, "day": day, **config.trend_params()}
     result.rule_rows = int(await queries.rollup_apply_rule_day(conn, run_id=run_id, day=day))
     result.author_rows = int(await queries.rollup_apply_author_day(conn, **source))
     result.leaderboard_rows = await rebuild_boards(conn, run_id=run_id, day=day, config=config)
-    await queries.rollup_mark_day(conn, day=day, run_id=run_id)
+    await queries.rollup_mark_day(
+        conn, day=day, run_id=run_id, reasons=reasons, facts_as_of=facts_as_of
+    )
     return result
 
 
@@ -123,35 +138,31 @@ async def rebuild_boards(
     )
 
 
-async def roll_day(
-    conn: asyncpg.Connection, *, run_id: int, run_days: list[date], day: date, config: RollupConfig
-) -> DayResult:
-    """A run day is applied; a later day it affects only gets its scores and boards again."""
-    if day in run_days:
-        return await apply_day(conn, run_id=run_id, run_days=run_days, day=day, config=config)
-    return await derive_day(
-        conn,
-        run_id=run_id,
-        run_days=run_days,
-        day=day,
-        config=config,
-        result=DayResult(day, recomputed_only=True),
-    )
+async def facts_horizon(
+    conn: asyncpg.Connection, *, margin_s: float, events_conn: asyncpg.Connection | None
+) -> datetime:
+    """Up to when a run starting now will see every fact: the start of the oldest transaction
+    still open in the database (one begun earlier has committed or aborted by now; intake and
+    Stripe stamp their rows with their transaction's start), less `margin_s`. With a standby for
+    the events, also no later than what it has replayed, less REPLICA_MARGIN_S."""
+    horizon: datetime = await queries.rollup_facts_horizon(conn, margin_s=margin_s)
+    if events_conn is not None:
+        replayed = await queries.rollup_replay_timestamp(events_conn)
+        if replayed is not None:
+            horizon = min(horizon, replayed - timedelta(seconds=REPLICA_MARGIN_S))
+    return horizon
 
 
-async def rolled_days(conn: asyncpg.Connection, *, first_day: date, last_day: date) -> list[date]:
-    return [
-        r["day"]
-        async for r in queries.rollup_rolled_days(conn, first_day=first_day, last_day=last_day)
-    ]
-
-
-async def days_to_backfill(
-    conn: asyncpg.Connection, *, first_day: date, last_day: date
-) -> list[date]:
-    """Days never rolled, or whose donations changed since they were rolled."""
-    rows = queries.rollup_days_to_backfill(conn, first_day=first_day, last_day=last_day)
+async def changed_days(conn: asyncpg.Connection, *, run_id: int, days: list[date]) -> list[date]:
+    """The staged days whose rule counts differ from the stored ones: the later days' trending
+    and boards read them, so those must follow."""
+    rows = queries.rollup_changed_days(conn, run_id=run_id, days=days)
     return [r["day"] async for r in rows]
+
+
+async def rolled_days_after(conn: asyncpg.Connection, *, day: date) -> list[date]:
+    """Every rolled day after `day`: ALL_TIME boards read every day before theirs."""
+    return [r["day"] async for r in queries.rollup_rolled_days_after(conn, day=day)]
 
 
 async def top_entries(conn: asyncpg.Connection, *, day: date, limit: int) -> list[dict[str, Any]]:
