@@ -1,13 +1,17 @@
-"""Rollup figures: the nightly 30-day rollup vs the bare capped-count aggregate, same database.
+"""Rollup figures: the 30-day rollup vs the bare counting aggregate, the cascade, the no-op.
 
     python -m bench.rollup          # own database (BENCH_DATABASE_URL / DATABASE_URL or embedded)
     BENCH_ROLLUP_EVENTS=500000 python -m bench.rollup    # a quick look (BENCH_ROLLUP_ROUNDS=1)
 
 `measure_rollup(db_url)` generates the events with SQL (skewed rules and client IPs, mostly
 VIEWs, in time order as intake writes them), then times, alternately and twice each, the
-full rollup exactly as the task runs it (`jobs.rollup.open_rollup_pool` + `run_rollup`, metrics,
-trending and leaderboards) and the single statement a naive rollup would be: per rule, day and
-type, views capped per client IP, at the server's default settings. Best of two each.
+full rollup exactly as the task runs it (`app.rollup.run.open_rollup_pool` + `run_rollup`,
+metrics, trending and leaderboards) and the single statement a naive rollup would be: per rule,
+day and type, views counted once per client IP and 10-minute slot and capped per client IP and
+day, at the server's default settings. Best of two each. Then the worst case of a late event: one
+event for the oldest day of the window, received now, and the refresh the schedule runs (the day
+and the 29 days after it: `rollup_cascade_s`); then that refresh once more, with nothing dirty
+(`rollup_noop_ms`).
 """
 
 from __future__ import annotations
@@ -70,30 +74,41 @@ FROM (
 """
 EVENTS_IN_WINDOW = "SELECT count(*) FROM events WHERE ts >= $1 AND ts < $2"
 
-# The naive rollup: one statement over the whole window, per rule, day and type, VIEWs capped
-# per (client IP hash, rule, day) as docs/rollups.md says. Every output column is consumed by
-# the outer aggregate so that nothing is pruned, and only one row travels to the client.
+# The naive rollup: one statement over the whole window, per rule, day and type, VIEWs counted
+# once per (client IP hash, rule, 10-minute slot) and capped per (client IP hash, rule, day) as
+# docs/rollups.md says. Every output column is consumed by the outer aggregate so that nothing is
+# pruned, and only one row travels to the client.
 BARE_AGGREGATE = """
 SELECT count(*) AS rule_days, sum(views) AS views, sum(copies) AS copies, sum(saves) AS saves,
        sum(forks) AS forks, sum(votes) AS votes
 FROM (
     SELECT rule_id, day,
-           sum(CASE WHEN viewer IS NOT NULL THEN least(n, $3::int) ELSE n END)
-               FILTER (WHERE type = 'VIEW') AS views,
+           sum(n) FILTER (WHERE type = 'VIEW') AS views,
            sum(n) FILTER (WHERE type = 'COPY') AS copies,
            sum(n) FILTER (WHERE type = 'SAVE') AS saves,
            sum(n) FILTER (WHERE type = 'FORK') AS forks,
            sum(n) FILTER (WHERE type = 'VOTE') AS votes
     FROM (
-        SELECT rule_id, (ts AT TIME ZONE 'UTC')::date AS day, type,
-               CASE WHEN type = 'VIEW' THEN ip_hash END AS viewer, count(*) AS n
-        FROM events
-        WHERE ts >= $1 AND ts < $2
-        GROUP BY 1, 2, 3, 4
+        SELECT rule_id, day, type,
+               CASE WHEN viewer IS NOT NULL THEN least(count(*), $3::int) ELSE sum(n) END AS n
+        FROM (
+            SELECT rule_id, (ts AT TIME ZONE 'UTC')::date AS day, type,
+                   CASE WHEN type = 'VIEW' THEN ip_hash END AS viewer,
+                   CASE WHEN type = 'VIEW' AND ip_hash IS NOT NULL
+                        THEN date_bin('10 minutes', ts, timestamptz '2000-01-01 00:00:00+00')
+                   END AS slot,
+                   count(*) AS n
+            FROM events
+            WHERE ts >= $1 AND ts < $2
+            GROUP BY 1, 2, 3, 4, 5
+        ) per_slot
+        GROUP BY rule_id, day, type, viewer
     ) per_viewer
     GROUP BY rule_id, day
 ) per_rule_day
 """
+# One late event for the oldest day of the window, received now (as intake stamps it).
+LATE_EVENT = "INSERT INTO events (type, rule_id, ip_hash, ts) VALUES ('FORK', 'rul_1', 'late', $1)"
 CLEAR_ROLLUP = "TRUNCATE rule_metric_daily, author_metric_daily, leaderboard_snapshot, rollup_days"
 
 
@@ -162,6 +177,35 @@ async def time_rollup(db_url: str, *, end_day: date) -> tuple[float, dict[str, A
     return elapsed, details
 
 
+async def time_refreshes(db_url: str, *, first_day: date) -> dict[str, Any]:
+    """The schedule's refresh after one late event for `first_day` (it and every later rolled
+    day), then the same refresh with nothing dirty."""
+    settings = Settings(database_url=db_url)
+    pool = await open_rollup_pool(settings)
+    try:
+        await pool.execute(LATE_EVENT, utc_midnight(first_day) + timedelta(hours=12))
+        # Past ROLLUP_FACTS_MARGIN_S, so that the run counts the event as seen (docs/rollups.md).
+        await asyncio.sleep(settings.rollup_facts_margin_s + 0.5)
+        started = time.perf_counter()
+        cascade = await run_rollup(pool, settings=settings, actor="bench")
+        cascade_s = time.perf_counter() - started
+        started = time.perf_counter()
+        noop = await run_rollup(pool, settings=settings, actor="bench")
+        noop_ms = (time.perf_counter() - started) * 1000
+    finally:
+        await pool.close()
+    log(
+        f"cascade {cascade_s:.2f} s ({len(cascade.days)} day rolled, "
+        f"{len(cascade.refreshed_days)} refreshed); no-op refresh {noop_ms:.1f} ms "
+        f"({len(noop.days)} days)"
+    )
+    return {
+        "rollup_cascade_s": round(cascade_s, 2),
+        "rollup_cascade_days": len(cascade.days) + len(cascade.refreshed_days),
+        "rollup_noop_ms": round(noop_ms, 1),
+    }
+
+
 async def measure(db_url: str, *, events: int = EVENTS) -> dict[str, Any]:
     end_day = datetime.now(UTC).date() - timedelta(days=1)
     first_day = end_day - timedelta(days=DAYS - 1)
@@ -178,7 +222,9 @@ async def measure(db_url: str, *, events: int = EVENTS) -> dict[str, Any]:
         rolls.append(await time_rollup(db_url, end_day=end_day))
     rollup_s, report = min(rolls, key=lambda r: r[0])
     bare_s = min(bare)
+    refreshes = await time_refreshes(db_url, first_day=first_day)
     return {
+        **refreshes,
         "rollup_s": round(rollup_s, 2),
         "bare_aggregate_s": round(bare_s, 2),
         "rollup_vs_bare": round(rollup_s / bare_s, 3),
@@ -209,6 +255,11 @@ def main() -> int:
     print(
         f"rollup {figures['rollup_s']:.2f} s vs bare aggregate {figures['bare_aggregate_s']:.2f} s"
         f" = {figures['rollup_vs_bare']:.2f}x  (target <= 1.0, and rollup < 30 s)"
+    )
+    print(
+        f"cascade of a late event for the oldest day {figures['rollup_cascade_s']:.2f} s"
+        f" ({figures['rollup_cascade_days']} days);"
+        f" no-op refresh {figures['rollup_noop_ms']:.1f} ms"
     )
     return 0
 
