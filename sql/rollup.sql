@@ -210,7 +210,7 @@ windows AS (
            coalesce(sum(ws) FILTER (WHERE day > :day::date - 7), 0) AS weekly,
            coalesce(sum(ws) FILTER (WHERE day > :day::date - 30), 0) AS monthly,
            sum(ws) AS all_time,
-           coalesce(sum(ws * power(2.0::float8, -((:day::date - day)::float8) / :half_life::float8))
+           coalesce(sum(rollup_decayed(ws, :day::date - day, :half_life::float8))
                     FILTER (WHERE day > :day::date - :horizon::int), 0) AS trending
     FROM weighted
     GROUP BY rule_id
@@ -274,10 +274,10 @@ WITH src AS (
 ),
 scores AS (
     SELECT src.author_id,
-           round(sum((:w_view::float8 * src.views + :w_copy::float8 * src.copies
-                      + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
-                      + :w_vote::float8 * src.votes)
-                     * power(2.0::float8, -((:day::date - src.day)::float8) / :half_life::float8)
+           round(sum(rollup_decayed(:w_view::float8 * src.views + :w_copy::float8 * src.copies
+                                    + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
+                                    + :w_vote::float8 * src.votes,
+                                    :day::date - src.day, :half_life::float8)
                     )::numeric, 6)::float8 AS score
     FROM src
     GROUP BY src.author_id
@@ -350,10 +350,10 @@ WITH src AS (
 ),
 scores AS (
     SELECT src.author_id,
-           round(sum((:w_view::float8 * src.views + :w_copy::float8 * src.copies
-                      + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
-                      + :w_vote::float8 * src.votes)
-                     * power(2.0::float8, -((:day::date - src.day)::float8) / :half_life::float8)
+           round(sum(rollup_decayed(:w_view::float8 * src.views + :w_copy::float8 * src.copies
+                                    + :w_save::float8 * src.saves + :w_fork::float8 * src.forks
+                                    + :w_vote::float8 * src.votes,
+                                    :day::date - src.day, :half_life::float8)
                     )::numeric, 6)::float8 AS score
     FROM src
     GROUP BY src.author_id
