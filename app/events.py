@@ -33,6 +33,12 @@ EVENT_TYPES = frozenset(get_args(EventType))
 # Site ids are cuid-style: letters, digits, `_` and `-`, at most 128 characters.
 ID_PATTERN = r"[A-Za-z0-9_\-]{1,128}"
 _ID = re.compile(ID_PATTERN)
+# An event's `ts`: RFC 3339 with an offset, as the OpenAPI document states it (`datetime.
+# fromisoformat` alone also reads week dates, a space for `T`, and more).
+TS_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+_TS = re.compile(TS_PATTERN)
 # A deadlock between two concurrent batches aborts one of them; nothing was written, so the
 # whole statement is simply run again. So is a batch whose rule or user was deleted between
 # its probe and its insert: run again, the probe names the event.
@@ -99,7 +105,7 @@ def _parse_ts(value: Any, now: datetime) -> datetime | str | None:
     """The event's instant (None when it was sent without one), or the rejection reason."""
     if value is None:
         return None
-    if type(value) is not str:
+    if type(value) is not str or _TS.fullmatch(value) is None:
         return "invalid_ts"
     try:
         ts = datetime.fromisoformat(value)

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from app.blueprints.rollup import RollupRequest
 from app.blueprints.search import SearchParams
 from app.blueprints.stripe import StripeEvent
-from app.crawl import CrawlBatch, CrawlItem
-from app.events import EventBatch
+from app.crawl import MAX_ITEMS, CrawlBatch, CrawlItem
+from app.events import MAX_EVENTS, EventBatch
 from app.http.openapi import model_schema
 from tests import stripe_helpers
 from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer
@@ -24,7 +24,6 @@ SCHEME_OF_CREDENTIAL = {"app": "appToken", "cron": "cronSecret"}
 # Routes whose credential is not `ctx_credential` (checked in the handler itself).
 OWN_SECURITY = {
     ("POST", "/ingest/stripe/webhook"): [{"stripeSignature": []}],
-    ("GET", "/metrics"): [{}, {"metricsToken": []}],  # only when METRICS_TOKEN is set
 }
 
 
@@ -72,6 +71,7 @@ def test_every_protected_route_declares_its_security(server: RunningServer, spec
             assert "401" in _operation(spec, method, path)["responses"], path
         elif (method, path) in OWN_SECURITY:
             assert declared == OWN_SECURITY[(method, path)], path
+            assert "401" in _operation(spec, method, path)["responses"], path
         else:
             assert not declared, f"{method} {path} is open but declares {declared}"
     schemes = spec["components"]["securitySchemes"]
@@ -116,6 +116,7 @@ def _spy_on_validation(monkeypatch: pytest.MonkeyPatch) -> list[type[BaseModel]]
     return seen
 
 
+CHECKED_ONE_BY_ONE = {"events", "items"}
 # A body each handler validates and refuses (400) without doing anything else.
 REFUSED_BODIES = {
     "/ingest/events": ({"events": []}, APP_HEADERS, EventBatch),
@@ -140,9 +141,26 @@ async def test_the_documented_body_is_the_model_the_handler_validates_with(
     assert documented.get("required") == expected.get("required")
     assert documented.get("additionalProperties") == expected.get("additionalProperties")
     for field, field_schema in expected["properties"].items():
-        for key, value in field_schema.items():
-            if key != "items":  # item schemas are documented per item (see below)
-                assert documented["properties"][field][key] == value, (field, key)
+        if field in CHECKED_ONE_BY_ONE:
+            continue  # documented per item (see below)
+        assert documented["properties"][field] == field_schema, field
+
+
+@pytest.mark.parametrize(
+    ("path", "array", "limit"),
+    [("/ingest/events", "events", MAX_EVENTS), ("/ingest/crawl", "items", MAX_ITEMS)],
+)
+def test_arrays_checked_one_by_one_state_the_handler_limits(
+    spec: dict, path: str, array: str, limit: int
+) -> None:
+    schema = _operation(spec, "POST", path)["requestBody"]["content"]["application/json"]
+    _, envelope = _component(spec, schema["schema"])
+    documented = envelope["properties"][array]
+    assert (documented["type"], documented["minItems"], documented["maxItems"]) == (
+        "array",
+        1,
+        limit,
+    )
 
 
 @pytest.mark.parametrize(
@@ -157,7 +175,12 @@ def test_items_checked_one_by_one_are_documented_without_refusing_others(
     schema = _operation(spec, "POST", path)["requestBody"]["content"]["application/json"]
     _, envelope = _component(spec, schema["schema"])
     items = envelope["properties"][array]["items"]
-    assert items == {"anyOf": [{"$ref": f"#/components/schemas/{item_model}"}, {}]}
+    assert items == {
+        "anyOf": [
+            {"$ref": f"#/components/schemas/{item_model}"},
+            {"$ref": "#/components/schemas/JsonValue"},
+        ]
+    }
 
 
 async def test_search_parameters_are_the_model_the_handler_validates_with(
