@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
@@ -316,7 +317,9 @@ def document(app: Sanic) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this app as configured: sanic-ext's build of the routes'
     definitions plus what the middleware adds to every answer, and /metrics' credential
     as METRICS_TOKEN sets it."""
-    spec: dict[str, Any] = SpecificationBuilder().build(app).serialize()
+    built = SpecificationBuilder().build(app).serialize()
+    # A copy as JSON reads it (string keys): the build shares its dicts with the builder.
+    spec: dict[str, Any] = orjson.loads(orjson.dumps(built, option=orjson.OPT_NON_STR_KEYS))
     spec["openapi"] = OPENAPI_VERSION
     limited = _rate_limited_operations(app)
     for path, operations in spec["paths"].items():
