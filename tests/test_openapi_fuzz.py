@@ -102,7 +102,7 @@ async def schemathesis_run(
     }
     process = await asyncio.create_subprocess_exec(
         *command,
-        cwd=ROOT,
+        cwd=log.parent,  # its crash cache (.schemathesis/) too: each run starts afresh
         env=child_env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
