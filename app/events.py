@@ -33,12 +33,12 @@ EVENT_TYPES = frozenset(get_args(EventType))
 # Site ids are cuid-style: letters, digits, `_` and `-`, at most 128 characters.
 ID_PATTERN = r"[A-Za-z0-9_\-]{1,128}"
 _ID = re.compile(ID_PATTERN)
-# An event's `ts`: RFC 3339 with an offset, as the OpenAPI document states it (`datetime.
-# fromisoformat` alone also reads week dates, a space for `T`, and more).
+# An event's `ts`: RFC 3339 with an offset, as the OpenAPI document states it. `datetime.
+# fromisoformat` also reads week dates, a space for `T`, no seconds, `+0530` and more:
+# `_rfc3339_shaped` refuses those (tests/test_event_schema.py holds the two equal).
 TS_PATTERN = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
 )
-_TS = re.compile(TS_PATTERN)
 # A deadlock between two concurrent batches aborts one of them; nothing was written, so the
 # whole statement is simply run again. So is a batch whose rule or user was deleted between
 # its probe and its insert: run again, the probe names the event.
@@ -105,11 +105,13 @@ def _parse_ts(value: Any, now: datetime) -> datetime | str | None:
     """The event's instant (None when it was sent without one), or the rejection reason."""
     if value is None:
         return None
-    if type(value) is not str or _TS.fullmatch(value) is None:
+    if type(value) is not str:
         return "invalid_ts"
     try:
         ts = datetime.fromisoformat(value)
     except ValueError:
+        return "invalid_ts"
+    if not _rfc3339_shaped(value):
         return "invalid_ts"
     if ts.tzinfo is None:
         return "invalid_ts"  # a local time is not an instant
@@ -118,6 +120,22 @@ def _parse_ts(value: Any, now: datetime) -> datetime | str | None:
     if ts < now - MAX_AGE:
         return "ts_too_old"
     return ts
+
+
+def _rfc3339_shaped(text: str) -> bool:
+    """Of the texts `fromisoformat` reads, whether `text` has TS_PATTERN's shape: extended
+    date, `T`, hours, minutes and seconds, a fraction of at least one digit, `Z` or `+HH:MM`.
+    (Index checks: a regular expression here cost three times `fromisoformat` itself.)"""
+    return (
+        len(text) >= 20
+        and text[4] == "-"
+        and text[7] == "-"
+        and text[10] == "T"
+        and text[13] == ":"
+        and text[16] == ":"
+        and (text[19] != "." or "0" <= text[20:21] <= "9")
+        and (text[-1] == "Z" or (text[-6] in "+-" and text[-3] == ":"))
+    )
 
 
 def _is_id(value: Any) -> bool:

@@ -71,6 +71,13 @@ def _stamp(moment: datetime, style: int) -> str:
         text.replace(":00+00:00", ":60+00:00"),
         moment.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat(),
         text.replace("+00:00", "+05:30:15"),
+        text.replace("+00:00", ".+00:00") if "." not in text else text,
+        text.replace("+00:00", ",5Z") if "." not in text else text,
+        text.replace("+00:00", "z"),
+        text.replace("2", "\u0662"),  # an Arabic-Indic digit two
+        text.replace("+00:00", "+0000"),
+        text.replace("+00:00", "+05"),
+        text.replace(":00+", "+"),
     ][style]
 
 
@@ -97,7 +104,7 @@ FIELDS = {
     "userId": mostly(good_ids | st.none(), bad_ids),
     "ts": mostly(
         st.builds(_stamp, moments, st.integers(0, 1)) | st.none(),
-        st.builds(_stamp, moments, st.integers(2, 11)) | junk,
+        st.builds(_stamp, moments, st.integers(2, 18)) | junk,
     ),
     "idempotencyKey": mostly(
         st.text(min_size=1, max_size=20) | st.just("k" * 128) | st.none(),
