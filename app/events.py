@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import metrics
 from app.client_ip import IpHasher
 from app.db import UNAVAILABLE_ERRORS, queries
-from app.errors import DatabaseUnavailable, PayloadTooLarge
+from app.errors import DatabaseUnavailable, ValidationFailed
 
 MAX_EVENTS = 500
 MAX_BODY_BYTES = 1024 * 1024
@@ -92,12 +92,14 @@ class IngestReport:
 
 
 def check_batch_size(data: Any) -> None:
-    """More than MAX_EVENTS events is a 413 naming the limit (before any per-event work)."""
+    """More than MAX_EVENTS events is a 400 naming the limit (before any per-event work): the
+    document's `maxItems`, refused as any other schema violation (as crawl's 200 items are)."""
     if isinstance(data, dict):
         events = data.get("events")
         if isinstance(events, list) and len(events) > MAX_EVENTS:
-            raise PayloadTooLarge(
-                f"at most {MAX_EVENTS} events per request are accepted ({len(events)} sent)"
+            raise ValidationFailed(
+                f"at most {MAX_EVENTS} events per request are accepted ({len(events)} sent)",
+                details=[{"loc": ["events"], "msg": f"at most {MAX_EVENTS}", "type": "too_long"}],
             )
 
 

@@ -86,7 +86,7 @@ class EventIngestReport(ResponseModel):
 
 EVENTS_SCHEMA = {
     **checked_one_by_one(Event, min_items=1, max_items=MAX_EVENTS),
-    "description": f"1 to {MAX_EVENTS} events (more is a 413). Each is checked on its own: "
+    "description": f"1 to {MAX_EVENTS} events. Each is checked on its own: "
     "one that is not an `Event` is listed in `rejected` and the others are stored.",
 }
 
