@@ -74,10 +74,14 @@ class IpHasher:
         return outer.hexdigest()[:HASH_HEX_CHARS]
 
     def hash_given(self, value: str) -> str | None:
-        """The hash of an address as a caller sent it, or None when it is not an address."""
+        """The hash of an address as a caller sent it, or None when it is not an address.
+
+        Exactly an IPv4 or IPv6 address, as the OpenAPI document states it (`format: ipv4`
+        or `ipv6`): no surrounding spaces and no IPv6 zone (`%eth0`), which `ipaddress`
+        alone would take."""
         if value in self._cache:
             return self._cache[value]
-        normal = normalise_ip(value)
+        normal = normalise_ip(value) if value == value.strip() and "%" not in value else None
         found = self.hash(normal) if normal is not None else None
         if len(self._cache) >= CACHE_SIZE:
             self._cache.clear()

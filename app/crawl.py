@@ -32,6 +32,7 @@ from pydantic import (
 from app import audit, metrics
 from app.db import queries
 from app.errors import BadRequest, NotFound, SourceNameTaken, SourceWithoutCurator, UnknownSource
+from app.events import ID_PATTERN
 
 MAX_ITEMS = 200
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -40,7 +41,8 @@ MAX_TITLE_CHARS = 300
 MAX_SUMMARY_CHARS = 2000
 MAX_RAW_BYTES = 64 * 1024
 MAX_EXTERNAL_ID_CHARS = 512
-MAX_SOURCE_ID_CHARS = 128
+# Source ids are site-style ids (`ingest sources add` makes `src_<hex>`), matched as sent.
+SOURCE_ID = f"^{ID_PATTERN}$"
 MAX_SOURCE_NAME_CHARS = 200
 MAX_TAGS = 20
 MAX_TAG_CHARS = 64
@@ -177,9 +179,7 @@ class CrawlBatch(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    source_id: Annotated[
-        str, BeforeValidator(_text), Field(min_length=1, max_length=MAX_SOURCE_ID_CHARS)
-    ] = Field(alias="sourceId")
+    source_id: str = Field(alias="sourceId", pattern=SOURCE_ID)
     items: list[Any] = Field(min_length=1, max_length=MAX_ITEMS)
 
 

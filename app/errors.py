@@ -142,7 +142,7 @@ class RebuildNotQueued(IngestError):
     code = "rebuild_not_queued"
 
 
-class StripeSignatureInvalid(BadRequest):
+class StripeSignatureInvalid(Unauthorized):
     """The Stripe-Signature header is missing or does not verify against any webhook secret."""
 
     code = "invalid_stripe_signature"

@@ -136,6 +136,8 @@ def _event_from_body(body: bytes, secret: str) -> VerifiedEvent:
     created = payload.get("created") if isinstance(payload, dict) else None
     if not (isinstance(event_id, str) and event_id and isinstance(event_type, str)):
         raise StripeEventInvalid("the signed body is not a Stripe event (no id or type)")
+    if isinstance(created, float) and created.is_integer():
+        created = int(created)  # `1790000000.0` is the integer JSON Schema says it is
     if not isinstance(created, int) or isinstance(created, bool):
         raise StripeEventInvalid("the signed body is not a Stripe event (no created time)")
     if len(event_id) > MAX_ID_LENGTH or len(event_type) > MAX_ID_LENGTH:

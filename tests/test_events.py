@@ -209,12 +209,13 @@ async def test_one_audit_row_per_request(http: httpx.AsyncClient, pool: asyncpg.
     assert response.headers["x-request-id"] == "req-audit-1"
 
 
-async def test_too_many_events_and_too_large_body_are_413(
+async def test_too_many_events_are_400_and_too_large_a_body_413(
     http: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     rule = await create_rule(pool)
     response = await post(http, [{"type": "VIEW", "ruleId": rule}] * (MAX_EVENTS + 1))
-    assert response.status_code == 413
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "validation_failed"
     assert "500 events" in response.json()["error"]["message"]
     pad = "x" * (1024 * 1024)
     response = await http.post(

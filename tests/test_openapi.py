@@ -3,6 +3,8 @@ the models its handlers validate with, and the error model of every failure stat
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -12,11 +14,11 @@ from pydantic import BaseModel
 from app.blueprints.rollup import RollupRequest
 from app.blueprints.search import SearchParams
 from app.blueprints.stripe import StripeEvent
-from app.crawl import CrawlBatch, CrawlItem
-from app.events import EventBatch
+from app.crawl import MAX_ITEMS, CrawlBatch, CrawlItem
+from app.events import MAX_EVENTS, EventBatch
 from app.http.openapi import model_schema
 from tests import stripe_helpers
-from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer
+from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer, make_settings
 
 # Routes sanic-ext adds for the documentation pages themselves.
 DOCS_PREFIX = "/docs"
@@ -24,7 +26,6 @@ SCHEME_OF_CREDENTIAL = {"app": "appToken", "cron": "cronSecret"}
 # Routes whose credential is not `ctx_credential` (checked in the handler itself).
 OWN_SECURITY = {
     ("POST", "/ingest/stripe/webhook"): [{"stripeSignature": []}],
-    ("GET", "/metrics"): [{}, {"metricsToken": []}],  # only when METRICS_TOKEN is set
 }
 
 
@@ -72,6 +73,7 @@ def test_every_protected_route_declares_its_security(server: RunningServer, spec
             assert "401" in _operation(spec, method, path)["responses"], path
         elif (method, path) in OWN_SECURITY:
             assert declared == OWN_SECURITY[(method, path)], path
+            assert "401" in _operation(spec, method, path)["responses"], path
         else:
             assert not declared, f"{method} {path} is open but declares {declared}"
     schemes = spec["components"]["securitySchemes"]
@@ -116,6 +118,7 @@ def _spy_on_validation(monkeypatch: pytest.MonkeyPatch) -> list[type[BaseModel]]
     return seen
 
 
+CHECKED_ONE_BY_ONE = {"events", "items"}
 # A body each handler validates and refuses (400) without doing anything else.
 REFUSED_BODIES = {
     "/ingest/events": ({"events": []}, APP_HEADERS, EventBatch),
@@ -140,9 +143,26 @@ async def test_the_documented_body_is_the_model_the_handler_validates_with(
     assert documented.get("required") == expected.get("required")
     assert documented.get("additionalProperties") == expected.get("additionalProperties")
     for field, field_schema in expected["properties"].items():
-        for key, value in field_schema.items():
-            if key != "items":  # item schemas are documented per item (see below)
-                assert documented["properties"][field][key] == value, (field, key)
+        if field in CHECKED_ONE_BY_ONE:
+            continue  # documented per item (see below)
+        assert documented["properties"][field] == field_schema, field
+
+
+@pytest.mark.parametrize(
+    ("path", "array", "limit"),
+    [("/ingest/events", "events", MAX_EVENTS), ("/ingest/crawl", "items", MAX_ITEMS)],
+)
+def test_arrays_checked_one_by_one_state_the_handler_limits(
+    spec: dict, path: str, array: str, limit: int
+) -> None:
+    schema = _operation(spec, "POST", path)["requestBody"]["content"]["application/json"]
+    _, envelope = _component(spec, schema["schema"])
+    documented = envelope["properties"][array]
+    assert (documented["type"], documented["minItems"], documented["maxItems"]) == (
+        "array",
+        1,
+        limit,
+    )
 
 
 @pytest.mark.parametrize(
@@ -157,7 +177,12 @@ def test_items_checked_one_by_one_are_documented_without_refusing_others(
     schema = _operation(spec, "POST", path)["requestBody"]["content"]["application/json"]
     _, envelope = _component(spec, schema["schema"])
     items = envelope["properties"][array]["items"]
-    assert items == {"anyOf": [{"$ref": f"#/components/schemas/{item_model}"}, {}]}
+    assert items == {
+        "anyOf": [
+            {"$ref": f"#/components/schemas/{item_model}"},
+            {"$ref": "#/components/schemas/JsonValue"},
+        ]
+    }
 
 
 async def test_search_parameters_are_the_model_the_handler_validates_with(
@@ -200,6 +225,98 @@ async def test_documentation_pages_are_served(http: httpx.AsyncClient) -> None:
         response = await http.get(path)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/html")
-    assert (await http.get("/docs/openapi.json")).json()["paths"].keys() == (
-        (await http.get("/openapi.json")).json()["paths"].keys()
-    )
+    assert (await http.get("/docs/openapi.json")).json() == (await http.get("/openapi.json")).json()
+
+
+def test_the_document_is_openapi_3_1_and_names_every_answer_header(spec: dict) -> None:
+    assert spec["openapi"] == "3.1.0"
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                headers = response["headers"]
+                assert headers["x-request-id"]["required"] is True, (method, path, status)
+                if status in ("429", "503"):
+                    assert headers["Retry-After"]["required"] is True, (method, path, status)
+
+
+async def test_every_answer_carries_the_documented_request_id(
+    http: httpx.AsyncClient, spec: dict
+) -> None:
+    pattern = spec["paths"]["/health"]["get"]["responses"]["200"]["headers"]["x-request-id"]
+    for response in (
+        await http.get("/health"),
+        await http.post("/ingest/events", json={"events": []}),
+        await http.get("/internal/search", params={"q": "x"}, headers={"x-request-id": "a.b"}),
+    ):
+        assert re.fullmatch(pattern["schema"]["pattern"], response.headers["x-request-id"])
+
+
+async def test_rate_limited_routes_document_the_limit_headers(
+    start_server: Callable[..., Awaitable[RunningServer]], db_url: str
+) -> None:
+    limited = make_settings(db_url, rate_limit_events_per_minute=1)
+    client = (await start_server(limited)).client
+    document = (await client.get("/openapi.json")).json()
+    responses = document["paths"]["/ingest/events"]["post"]["responses"]
+    assert responses["429"]["headers"]["RateLimit-Remaining"]["required"] is True
+    assert responses["202"]["headers"]["RateLimit-Remaining"]["required"] is False
+    assert "RateLimit-Remaining" not in responses["401"]["headers"]  # refused before the limit
+    body = {"events": [{"type": "VIEW", "ruleId": "rul_x"}]}
+    first = await client.post("/ingest/events", json=body, headers=APP_HEADERS)
+    second = await client.post("/ingest/events", json=body, headers=APP_HEADERS)
+    assert first.status_code == 202 and "RateLimit-Remaining" in first.headers
+    assert second.status_code == 429 and int(second.headers["Retry-After"]) > 0
+    # Without a limit (this server's crawl route), no limit headers are documented.
+    crawl = document["paths"]["/ingest/crawl"]["post"]["responses"]["200"]["headers"]
+    assert "RateLimit-Remaining" not in crawl
+
+
+async def test_metrics_declares_its_bearer_token_only_when_one_is_set(
+    start_server: Callable[..., Awaitable[RunningServer]], db_url: str, spec: dict
+) -> None:
+    open_metrics = spec["paths"]["/metrics"]["get"]
+    assert "security" not in open_metrics and "401" not in open_metrics["responses"]
+    guarded = make_settings(db_url, metrics_token="m-token")
+    client = (await start_server(guarded)).client
+    operation = (await client.get("/openapi.json")).json()["paths"]["/metrics"]["get"]
+    assert operation["security"] == [{"metricsToken": []}]
+    assert "401" in operation["responses"]
+    assert (await client.get("/metrics")).status_code == 401
+
+
+async def test_an_undeclared_method_is_405_with_allow(http: httpx.AsyncClient) -> None:
+    for method in ("TRACE", "DELETE", "PUT", "PATCH"):
+        for path, allowed in (("/health", {"GET", "HEAD"}), ("/ingest/events", {"POST"})):
+            response = await http.request(method, path)
+            assert response.status_code == 405
+            assert response.json()["error"]["code"] == "method_not_allowed"
+            assert allowed <= {m.strip() for m in response.headers["allow"].split(",")}
+
+
+SEARCH_CASES = [
+    ({"q": "rule", "limit": ""}, 400),  # an empty value is not an integer
+    ({"q": "rule", "limit": "05"}, 400),
+    ({"q": "rule", "limit": "5.0"}, 400),
+    ({"q": "rule", "limit": "5"}, 200),
+    ({"q": " \t "}, 400),  # only spaces
+    ({"q": "  rule  "}, 200),
+    ({"q": "r" * 500}, 200),
+    ({"q": " " + "r" * 500}, 400),  # counted as sent
+]
+
+
+async def test_search_parameters_are_judged_as_the_document_states(
+    http: httpx.AsyncClient, spec: dict
+) -> None:
+    parameters = spec["paths"]["/internal/search"]["get"]["parameters"]
+    q_schema = {p["name"]: p["schema"] for p in parameters}["q"]
+    for params, status in SEARCH_CASES:
+        response = await http.get("/internal/search", params=params, headers=APP_HEADERS)
+        assert response.status_code == status, (params, response.text)
+        q = params["q"]
+        documented = q_schema["minLength"] <= len(q) <= q_schema["maxLength"] and bool(
+            re.fullmatch(q_schema["pattern"], q)
+        )
+        assert documented == (status == 200) or "limit" in params, params
+        if status == 200:
+            assert response.json()["query"] == q.strip()

@@ -95,7 +95,7 @@ async def test_no_app_token_needed_but_browsers_are_refused(http: httpx.AsyncCli
         ("malformed", "malformed_signature"),
     ],
 )
-async def test_bad_signatures_are_400_store_nothing_and_are_audited(
+async def test_bad_signatures_are_401_store_nothing_and_are_audited(
     http: httpx.AsyncClient, pool: asyncpg.Pool, case: str, reason: str
 ) -> None:
     evt = paid_event()
@@ -112,7 +112,7 @@ async def test_bad_signatures_are_400_store_nothing_and_are_audited(
     elif case == "malformed":
         headers["stripe-signature"] = "v1=abc"
     response = await http.post(WEBHOOK_PATH, content=body, headers=headers)
-    error = assert_error(response, 400, "invalid_stripe_signature")
+    error = assert_error(response, 401, "invalid_stripe_signature")
     assert error["details"] == [{"reason": reason}]
     assert await inbox_count(pool) == 0
     assert await pool.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
@@ -141,7 +141,7 @@ async def test_rotated_secrets_both_verify(
     )
     assert len(actors) == 2  # which secret verified each delivery, by fingerprint
     expired = await deliver(client, paid_event(), secret=OLD_SECRET, timestamp=1_000_000)
-    assert assert_error(expired, 400, "invalid_stripe_signature")["details"] == [
+    assert assert_error(expired, 401, "invalid_stripe_signature")["details"] == [
         {"reason": "timestamp_outside_tolerance"}
     ]
 

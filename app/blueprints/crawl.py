@@ -14,7 +14,7 @@ from app.db import transaction
 from app.http.openapi import (
     APP_TOKEN,
     ResponseModel,
-    component,
+    checked_one_by_one,
     error_responses,
     json_body,
     json_response_of,
@@ -45,11 +45,7 @@ class CrawlReport(ResponseModel):
     items: list[ItemOutcome]
 
 
-ITEMS_SCHEMA = {
-    "description": f"1 to {MAX_ITEMS} items. Each is validated on its own: one that is not a "
-    "`CrawlItem` is listed in `rejected` and the others are imported.",
-    "items": {"anyOf": [component(CrawlItem), {}]},
-}
+ITEMS_SCHEMA = checked_one_by_one(CrawlItem, min_items=1, max_items=MAX_ITEMS)
 
 
 @bp.post(

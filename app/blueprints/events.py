@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
@@ -18,6 +19,7 @@ from app.events import (
     MAX_EVENTS,
     MAX_FUTURE,
     MAX_IDEMPOTENCY_KEY_CHARS,
+    TS_PATTERN,
     EventBatch,
     EventType,
     check_batch_size,
@@ -28,7 +30,7 @@ from app.events import (
 from app.http.openapi import (
     APP_TOKEN,
     ResponseModel,
-    component,
+    checked_one_by_one,
     error_responses,
     json_body,
     json_response_of,
@@ -39,19 +41,25 @@ bp = Blueprint("events")
 
 # The rules `app.events` applies, as the document states them.
 SITE_ID = f"^{ID_PATTERN}$"
+Timestamp = Annotated[str, Field(pattern=TS_PATTERN, json_schema_extra={"format": "date-time"})]
+IpAddress = Annotated[
+    str, WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+]
 
 
 class Event(BaseModel):
-    """One event as the main API sends it. Documentation only: `app.events` checks each event
-    on its own, and one that does not fit is listed in `rejected`, not refused with a 400."""
+    """One event as the main API sends it: exactly what `app.events.prepare_batch` accepts
+    (a test holds the two equal). An event that does not fit is listed in `rejected`, not
+    refused with a 400; one whose rule or user is unknown too."""
 
     type: EventType
     rule_id: str = Field(alias="ruleId", pattern=SITE_ID)
     user_id: str | None = Field(default=None, alias="userId", pattern=SITE_ID)
-    ts: AwareDatetime | None = Field(
+    ts: Timestamp | None = Field(
         default=None,
-        description=f"at most {MAX_AGE.days} days old, at most "
-        f"{MAX_FUTURE.total_seconds() / 60:g} minutes ahead; default: now",
+        description=f"RFC 3339 with an offset (`T` and `Z` upper case, no leap second), at "
+        f"most {MAX_AGE.days} days old and at most {MAX_FUTURE.total_seconds() / 60:g} "
+        "minutes ahead of the service's clock; default: now",
     )
     idempotency_key: str | None = Field(
         default=None,
@@ -60,7 +68,9 @@ class Event(BaseModel):
         max_length=MAX_IDEMPOTENCY_KEY_CHARS,
         description="the event counts once however often it is sent",
     )
-    ip: str | None = Field(default=None, description="the end user's IP; default: the caller's")
+    ip: IpAddress | None = Field(
+        default=None, description="the end user's IPv4 or IPv6 address; default: the caller's"
+    )
 
 
 class RejectedEvent(ResponseModel):
@@ -74,11 +84,10 @@ class EventIngestReport(ResponseModel):
     rejected: list[RejectedEvent]
 
 
-ITEMS_SCHEMA = {
-    "maxItems": MAX_EVENTS,
-    "description": f"1 to {MAX_EVENTS} events (more is a 413). Each is checked on its own: "
+EVENTS_SCHEMA = {
+    **checked_one_by_one(Event, min_items=1, max_items=MAX_EVENTS),
+    "description": f"1 to {MAX_EVENTS} events. Each is checked on its own: "
     "one that is not an `Event` is listed in `rejected` and the others are stored.",
-    "items": {"anyOf": [component(Event), {}]},
 }
 
 
@@ -90,7 +99,7 @@ ITEMS_SCHEMA = {
 )
 @openapi.definition(
     summary="Store a batch of engagement events",
-    body=json_body(EventBatch, properties={"events": ITEMS_SCHEMA}),
+    body=json_body(EventBatch, properties={"events": EVENTS_SCHEMA}),
     response=[
         json_response_of(202, EventIngestReport, "Stored; duplicates and rejections counted"),
         *error_responses(400, 401, 403, 413, 415, 429, 503),

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
@@ -34,22 +28,33 @@ from jobs.search import defer_rebuild
 bp = Blueprint("search")
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+# The whitespace a query is trimmed of; a query must hold something else (and no NUL).
+QUERY_SPACE = " \t\n\x0b\x0c\r"
+QUERY_PATTERN = r"^[^\x00]*[^\x00\t\n\x0b\x0c\r ][^\x00]*$"
+# An integer in a query string, written as JSON writes it ("05", "+5" and "5.0" are not).
+INTEGER_TEXT = re.compile(r"^(0|-?[1-9][0-9]*)$")
+
+
+def _integer_text(value: object) -> object:
+    if isinstance(value, str) and INTEGER_TEXT.fullmatch(value) is None:
+        raise ValueError("must be an integer")
     return value
 
 
 class SearchParams(BaseModel):
+    """The query string as sent: `q` is counted before it is trimmed of `QUERY_SPACE`."""
+
     model_config = ConfigDict(extra="ignore")
 
-    q: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=search.MAX_QUERY_CHARS),
-        AfterValidator(_no_nul),
-        Field(description='web-search syntax: words, "quoted phrases", or, -excluded'),
-    ]
-    limit: int = Field(default=search.DEFAULT_LIMIT, ge=1, le=search.MAX_LIMIT)
+    q: str = Field(
+        min_length=1,
+        max_length=search.MAX_QUERY_CHARS,
+        pattern=QUERY_PATTERN,
+        description='web-search syntax: words, "quoted phrases", or, -excluded; not only spaces',
+    )
+    limit: Annotated[int, BeforeValidator(_integer_text)] = Field(
+        default=search.DEFAULT_LIMIT, ge=1, le=search.MAX_LIMIT
+    )
 
 
 class SearchHit(ResponseModel):
@@ -66,7 +71,9 @@ class SearchResults(ResponseModel):
 
 
 def _search_params(request: Request) -> SearchParams:
-    values = {key: request.args.get(key) for key in ("q", "limit") if key in request.args}
+    # An empty value (`limit=`) is a value, and not an integer: keep blank values.
+    args = request.get_args(keep_blank_values=True)
+    values = {key: args.get(key) for key in ("q", "limit") if key in args}
     try:
         return SearchParams.model_validate(values)
     except ValidationError as exc:
@@ -116,8 +123,9 @@ async def rebuild_search(request: Request) -> HTTPResponse:
 async def internal_search(request: Request) -> HTTPResponse:
     """Ranked rules for `q` (web-search syntax), the same ranking the main API gets."""
     params = _search_params(request)
+    query = params.q.strip(QUERY_SPACE)
     settings = request.app.ctx.settings
     async with transaction(request.app.ctx.pool, timeout=settings.db_acquire_timeout_s) as conn:
-        hits = await search.search_rules(conn, query=params.q, limit=params.limit)
-    body = {"query": params.q, "count": len(hits), "results": [hit.as_json() for hit in hits]}
+        hits = await search.search_rules(conn, query=query, limit=params.limit)
+    body = {"query": query, "count": len(hits), "results": [hit.as_json() for hit in hits]}
     return json_response(body)

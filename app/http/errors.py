@@ -63,8 +63,6 @@ class JsonErrorHandler(ErrorHandler):
         if isinstance(exception, IngestError):
             status, code, message = exception.status, exception.code, exception.message
             details, headers = exception.details, dict(exception.headers)
-            if isinstance(exception, DatabaseUnavailable):
-                headers.setdefault("retry-after", str(request.app.ctx.settings.retry_after_s))
         elif isinstance(exception, RequestCancelled):
             # The caller hung up; the request's transaction was rolled back with it.
             logger.info(
@@ -77,8 +75,12 @@ class JsonErrorHandler(ErrorHandler):
             )
         elif isinstance(exception, SanicException):
             status, code, message = _from_sanic(request, exception)
+            if status == 405:
+                headers = dict(exception.headers)  # `Allow`, which RFC 9110 requires on a 405
         else:
             status, code, message = 500, "internal_error", "internal error"
+        if status == 503:
+            headers.setdefault("retry-after", str(request.app.ctx.settings.retry_after_s))
         if status >= 500:
             logger.error(
                 "request failed",

@@ -24,7 +24,8 @@ from app.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 
 logger = logging.getLogger("ingest.access")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 CREDENTIAL_HEADERS = {"app": "x-app-token", "cron": "x-cron-secret"}
 OPEN_PATHS = frozenset({"/health"})
 

@@ -1,23 +1,28 @@
-"""The OpenAPI document (sanic-ext), built from the pydantic models the handlers validate with.
+"""The OpenAPI 3.1 document (sanic-ext), built from the pydantic models the handlers validate with.
 
-Served at /openapi.json (and /docs/openapi.json beside the Redoc/Swagger pages under /docs).
-Routes describe themselves with `sanic_ext.openapi.definition`, using the helpers here:
-`json_content` (a pydantic model as a component, converted to OpenAPI 3.0), `query_parameters`,
-`error_responses` (the shared error model) and the credential schemes.
+Served at /openapi.json (and to the Redoc/Swagger pages under /docs). Routes describe themselves
+with `sanic_ext.openapi.definition`, using the helpers here: `json_content` (a pydantic model as
+a component), `checked_one_by_one` (arrays whose items are validated on their own),
+`query_parameters`, `error_responses` (the shared error model) and the credential schemes;
+`document` adds what the middleware puts on every answer.
 
 sanic-ext's own conversion of a pydantic class reads type hints (field names instead of
 aliases, no constraints), so models are registered as components from pydantic's JSON Schema
-instead, rewritten where OpenAPI 3.0 differs from JSON Schema (`nullable`, `enum` for `const`,
-boolean `exclusiveMinimum`).
+instead, which OpenAPI 3.1 takes as it is. Request models go through `RequestJsonSchema`,
+which adds what every JSON body must also be (no NUL anywhere), so that the document allows
+exactly what the service answers 2xx to; OpenAPI 3.0 could not say it of object keys.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
-from pydantic.json_schema import JsonSchemaMode
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import core_schema
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
@@ -26,12 +31,16 @@ from sanic_ext.extensions.openapi.definitions import Parameter
 from sanic_ext.extensions.openapi.types import Schema
 
 from app import __version__
-from app.http.render import json_response
+from app.http.middleware import REQUEST_ID_PATTERN
+from app.http.render import MAX_JSON_DEPTH, json_response
+from app.settings import split_secret
 
 APP_TOKEN_SCHEME = "appToken"  # noqa: S105 (a scheme name, not a secret)
 CRON_SECRET_SCHEME = "cronSecret"  # noqa: S105
 STRIPE_SIGNATURE_SCHEME = "stripeSignature"
 METRICS_TOKEN_SCHEME = "metricsToken"  # noqa: S105
+OPENAPI_VERSION = "3.1.0"
+SWAGGER_UI_VERSION = "5.17.14"  # the first major version that reads OpenAPI 3.1
 
 # `secured=` values for `openapi.definition`.
 APP_TOKEN: dict[str, Any] = {APP_TOKEN_SCHEME: []}
@@ -83,50 +92,94 @@ class JobQueued(ResponseModel):
     already_queued: bool
 
 
-# --- pydantic JSON Schema -> OpenAPI 3.0 schema ------------------------------------------
+# --- pydantic JSON Schema, as the service reads requests ---------------------------------
+
+# What `read_json` refuses in every body, at any depth: a NUL character in a string or a key.
+NO_NUL = "^[^\\x00]*$"
+JSON_VALUE = "JsonValue"
+JSON_VALUE_REF = {"$ref": f"#/components/schemas/{JSON_VALUE}"}
+# Any JSON a request body may hold where the handler takes anything: no NUL in a string or a
+# key, no number beyond a double (orjson reads it as infinity and refuses it). Nesting deeper
+# than MAX_JSON_DEPTH levels is refused too, which a schema cannot state.
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": "Any JSON value without a NUL character in a string or a key (PostgreSQL "
+    "cannot store one), numbers within a double's range, nested at most "
+    f"{MAX_JSON_DEPTH} levels deep",
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "number", "minimum": -sys.float_info.max, "maximum": sys.float_info.max},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": JSON_VALUE_REF},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": JSON_VALUE_REF,
+        },
+    ],
+}
 
 
-def _without_null(options: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-    kept = [option for option in options if option.get("type") != "null"]
-    return kept, len(kept) != len(options)
+# pydantic resolves every `$ref` it writes: a marker stands for JsonValue until it is done.
+_ANY_JSON = {"x-any-json": True}
 
 
-def oas30(schema: Any) -> Any:
-    """Rewrite a JSON Schema (pydantic's dialect) into the OpenAPI 3.0 schema dialect."""
+def _with_json_value_refs(schema: Any) -> Any:
     if isinstance(schema, list):
-        return [oas30(item) for item in schema]
+        return [_with_json_value_refs(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {key: oas30(value) for key, value in schema.items() if key != "examples"}
-    for combinator in ("anyOf", "oneOf"):
-        if combinator in out:
-            options, nullable = _without_null(out[combinator])
-            if nullable:
-                out["nullable"] = True
-            if len(options) == 1 and "$ref" not in options[0]:
-                del out[combinator]
-                out = {**options[0], **out}
-            else:
-                out[combinator] = options
-    if "const" in out:
-        out["enum"] = [out.pop("const")]
-    for bound, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        if isinstance(out.get(bound), int | float) and not isinstance(out[bound], bool):
-            out[inclusive] = out[bound]
-            out[bound] = True
-    return out
+    if schema.get("x-any-json"):
+        return {**{k: v for k, v in schema.items() if k != "x-any-json"}, **JSON_VALUE_REF}
+    return {key: _with_json_value_refs(value) for key, value in schema.items()}
+
+
+class RequestJsonSchema(GenerateJsonSchema):
+    """pydantic's JSON Schema of a request model, plus what every JSON body must also be.
+
+    A string without its own pattern gets NO_NUL (the patterns the models set exclude NUL
+    already), an object's keys too, and a value the model takes as `Any`, or an extra property
+    an `extra="ignore"` model skips, is `JsonValue`: the document then allows exactly what the
+    handler answers 2xx to.
+    """
+
+    def str_schema(self, schema: core_schema.StringSchema) -> JsonSchemaValue:
+        out = super().str_schema(schema)
+        out.setdefault("pattern", NO_NUL)
+        return out
+
+    def any_schema(self, schema: core_schema.AnySchema) -> JsonSchemaValue:
+        return dict(_ANY_JSON)
+
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        out = super().dict_schema(schema)
+        out.setdefault("propertyNames", {"pattern": NO_NUL})
+        return out
+
+    def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
+        out = super().model_schema(schema)
+        if out.get("type") == "object" and "additionalProperties" not in out:
+            out["additionalProperties"] = dict(_ANY_JSON)  # extra="ignore": skipped
+        if out.get("type") == "object":
+            out.setdefault("propertyNames", {"pattern": NO_NUL})
+        return out
 
 
 def model_schema(model: type[BaseModel], *, mode: JsonSchemaMode = "validation") -> dict[str, Any]:
-    """The model's schema in the OpenAPI 3.0 dialect, its sub-models as component references."""
+    """The model's JSON Schema (OpenAPI 3.1 is JSON Schema 2020-12), sub-models as component
+    references. Request models (`validation`) say what every JSON body must also be."""
     raw = model.model_json_schema(
         ref_template="#/components/schemas/{model}",
         mode=mode,
+        schema_generator=RequestJsonSchema if mode == "validation" else GenerateJsonSchema,
     )
     spec = SpecificationBuilder()
+    if mode == "validation":
+        raw = _with_json_value_refs(raw)
+        spec.add_component("schemas", JSON_VALUE, JSON_VALUE_SCHEMA)
     for name, sub in raw.pop("$defs", {}).items():
-        spec.add_component("schemas", name, oas30(sub))
-    return oas30(raw)
+        spec.add_component("schemas", name, sub)
+    return raw
 
 
 def component(
@@ -137,18 +190,30 @@ def component(
 ) -> dict[str, str]:
     """Register `model` as a schema component and return a reference to it.
 
-    `properties` overrides the documentation of some fields (merged into pydantic's), for
-    fields the handler validates more closely than the model (events and crawl items, each
-    checked on its own)."""
+    `properties` replaces the documentation of some fields, for fields the handler checks
+    more closely than the model (events and crawl items, each checked on its own)."""
     schema = model_schema(model, mode=mode)
-    for name, extra in (properties or {}).items():
-        schema["properties"][name] = {**schema["properties"][name], **extra}
+    for name, documented in (properties or {}).items():
+        schema["properties"][name] = documented
     SpecificationBuilder().add_component("schemas", model.__name__, schema)
     return ref(model)
 
 
 def ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def checked_one_by_one(item: type[BaseModel], *, min_items: int, max_items: int) -> dict[str, Any]:
+    """The schema of an array whose items are validated one by one: an item that is not an
+    `item` is listed in the answer's `rejected`, not refused, so any JSON value is allowed."""
+    return {
+        "type": "array",
+        "minItems": min_items,
+        "maxItems": max_items,
+        "items": {"anyOf": [component(item), JSON_VALUE_REF]},
+        "description": f"{min_items} to {max_items} items. Each is validated on its own: one "
+        f"that is not a `{item.__name__}` is listed in `rejected` and the others are kept.",
+    }
 
 
 def json_content(
@@ -206,8 +271,80 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any] | Parameter 
     ]
 
 
+RETRY_AFTER = {
+    "description": "seconds to wait before retrying",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": "requests allowed per minute to this client",
+    "RateLimit-Remaining": "requests left in the current minute",
+    "RateLimit-Reset": "seconds until a request is allowed again",
+}
+
+
+def response_headers(status: int, *, rate_limited: bool) -> dict[str, Any]:
+    """The headers the middleware and the error handler put on an answer with `status`."""
+    headers: dict[str, Any] = {
+        "x-request-id": {
+            "description": "the caller's `x-request-id` when it is sane, else one made here",
+            "required": True,
+            "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
+        }
+    }
+    if status in (429, 503):
+        headers["Retry-After"] = {**RETRY_AFTER, "required": True}
+    if rate_limited and status != 401:
+        for name, description in RATE_LIMIT_HEADERS.items():
+            headers[name] = {
+                "description": f"{description} (when the route's limit is on)",
+                "required": status == 429,
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+    return headers
+
+
+def _rate_limited_operations(app: Sanic) -> set[tuple[str, str]]:
+    settings = app.ctx.settings
+    found = set()
+    for route in app.router.routes:
+        name = getattr(route.ctx, "rate_limit", None)
+        if name and int(getattr(settings, f"rate_limit_{name}_per_minute", 0) or 0) > 0:
+            found |= {(method.lower(), route.uri) for method in route.methods}
+    return found
+
+
+def document(app: Sanic) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this app as configured: sanic-ext's build of the routes'
+    definitions plus what the middleware adds to every answer, and /metrics' credential
+    as METRICS_TOKEN sets it."""
+    built = SpecificationBuilder().build(app).serialize()
+    # A copy as JSON reads it (string keys): the build shares its dicts with the builder.
+    spec: dict[str, Any] = orjson.loads(orjson.dumps(built, option=orjson.OPT_NON_STR_KEYS))
+    spec["openapi"] = OPENAPI_VERSION
+    limited = _rate_limited_operations(app)
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                response["headers"] = {
+                    **response.get("headers", {}),
+                    **response_headers(int(status), rate_limited=(method, path) in limited),
+                }
+    metrics = spec["paths"].get("/metrics", {}).get("get")
+    if metrics is not None:
+        _metrics_security(metrics, bool(split_secret(app.ctx.settings.metrics_token)))
+    return spec
+
+
+def _metrics_security(operation: dict[str, Any], token_set: bool) -> None:
+    if token_set:
+        operation["security"] = [{METRICS_TOKEN_SCHEME: []}]
+    else:
+        operation.pop("security", None)
+        operation["responses"].pop("401", None)
+
+
 @openapi.definition(
-    summary="This document (OpenAPI 3.0)",
+    summary="This document (OpenAPI 3.1)",
     response=[
         {
             "status": 200,
@@ -219,7 +356,15 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any] | Parameter 
 )
 async def _openapi_json(request: Request) -> HTTPResponse:
     """This document."""
-    return json_response(SpecificationBuilder().build(request.app).serialize())
+    return json_response(document(request.app))
+
+
+def _docs_pages_read_the_same_document(request: Request) -> HTTPResponse | None:
+    """The Redoc and Swagger pages under /docs read sanic-ext's copy of the document, which
+    would be its OpenAPI 3.0 build: answer with this one instead."""
+    if request.route is not None and request.route.name.endswith(".openapi.spec"):
+        return json_response(document(request.app))
+    return None
 
 
 def configure(app: Sanic) -> None:
@@ -232,6 +377,7 @@ def configure(app: Sanic) -> None:
             "oas_uri_to_json": "/openapi.json",
             "oas_ignore_head": True,
             "oas_ignore_options": True,
+            "oas_ui_swagger_version": SWAGGER_UI_VERSION,
             "health": False,
         }
     )
@@ -263,3 +409,4 @@ def configure(app: Sanic) -> None:
         description="METRICS_TOKEN, required only when it is set",
     )
     app.add_route(_openapi_json, "/openapi.json", methods=["GET"], name="openapi_json")
+    app.on_request(_docs_pages_read_the_same_document, priority=60)
