@@ -11,7 +11,7 @@ the credentials as headers), plus what only the suite can do, set through the en
 - FUZZ_STATUS_LOG: every answer is appended to this file as `METHOD PATH STATUS`, so that the
   test can tell that the success paths were reached.
 
-And the deliberate exceptions, each with its reason (`filter_failure`).
+There is no deliberate exception: every finding fails the run.
 """
 
 from __future__ import annotations
@@ -66,37 +66,3 @@ def after_call(context: Any, case: Any, response: Any) -> None:
     if log:
         with open(log, "a", encoding="utf-8") as out:
             out.write(f"{case.method.upper()} {case.operation.path} {response.status_code}\n")
-
-
-def _rollup_limits(case: Any, response: Any) -> bool:
-    """POST /cron/rollup refusing a `date` outside 2000-01-01..9999-12-01, or a
-    `daysToProcess` written with a fraction (`29.0`).
-
-    Reason: the rollup request's limits are being reworked apart from the contract work, and
-    both refusals come from its model. The document types `date` as `format: date`, which
-    cannot state a range (a schema-valid 0901-09-21 is refused; the refusal itself is right:
-    the window arithmetic overflows past 9999-12-01), and `daysToProcess` as an integer, which
-    in JSON Schema includes 29.0, while the model takes only integers written as such. Only a
-    400 whose every field error is one of these two is excused."""
-    if case.operation.path != "/cron/rollup" or response.status_code != 400:
-        return False
-    try:
-        details = response.json()["error"]["details"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    excused = {("date", "greater_than_equal"), ("date", "less_than_equal")}
-    excused |= {("daysToProcess", "int_type")} if _integral_days(case.body) else set()
-    return bool(details) and all(
-        len(d.get("loc", ())) == 1 and (d["loc"][0], d.get("type")) in excused for d in details
-    )
-
-
-def _integral_days(body: Any) -> bool:
-    days = body.get("daysToProcess") if isinstance(body, dict) else None
-    return isinstance(days, float) and days.is_integer()
-
-
-@hook
-def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
-    """False for a deliberate exception (see each one's reason), True for every other finding."""
-    return not (failure.code == "ST202" and _rollup_limits(case, response))

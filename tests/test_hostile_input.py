@@ -342,13 +342,23 @@ async def test_a_huge_string_in_every_field_is_refused_or_rejected_never_stored(
 
 
 @pytest.mark.parametrize(
-    "value", [2**63, 2**64, -(2**63) - 1, 10**30, -1, 0, 31, 1.5, 7.0, "7", True, None, [7], {}]
+    "value", [2**63, 2**64, -(2**63) - 1, 10**30, -1, 0, 31, 1.5, 31.0, "7", True, None, [7], {}]
 )
 async def test_rollup_days_out_of_range_or_of_the_wrong_type_are_400(
     http: httpx.AsyncClient, value: Any
 ) -> None:
     response = await http.post("/cron/rollup", json={"daysToProcess": value}, headers=CRON_HEADERS)
     assert_error(response, 400)
+
+
+async def test_rollup_days_written_as_a_whole_float_is_that_integer(
+    http: httpx.AsyncClient,
+) -> None:
+    """7.0 is the integer 7 in JSON and in the published schema (`type: integer`)."""
+    body = {"daysToProcess": 7.0, "dryRun": True}
+    response = await http.post("/cron/rollup", json=body, headers=CRON_HEADERS)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["days"]) == 7
 
 
 async def test_numbers_out_of_range_elsewhere(

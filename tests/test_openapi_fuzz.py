@@ -4,10 +4,9 @@ The same command a stranger runs (README, "OpenAPI"), in every phase (examples, 
 fuzzing, stateful where links exist) and with every check (server errors, status codes,
 content types, response headers and bodies, schema-valid requests accepted, schema-violating
 ones refused, undeclared methods answered 405 with `Allow`, credentials enforced, ...), once
-with the credentials and once without any. Any finding fails the test. The deliberate
-exceptions sit in tests/schemathesis_hooks.py (`filter_failure`), each with its reason; so
-do the webhook signing (Stripe's algorithm over the exact bytes sent) and the crawl requests
-aimed at a registered source.
+with the credentials and once without any. Any finding fails the test: there is no
+deliberate exception. tests/schemathesis_hooks.py holds the webhook signing (Stripe's
+algorithm over the exact bytes sent) and the crawl requests aimed at a registered source.
 
 Rate limits are off in these servers (tests/conftest.make_settings): with a limit on, which
 of two identical requests is answered 429 depends on the requests before it, and

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
@@ -28,6 +37,13 @@ bp = Blueprint("rollup")
 BODY_LIMIT = 4096
 
 
+def _whole_number(value: object) -> object:
+    """29.0 is the integer 29 in JSON (and in JSON Schema); 29.5 and "29" stay refused."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 class RollupRequest(BaseModel):
     """An empty body is `{}`: the last 7 days up to today (UTC), queued."""
 
@@ -39,9 +55,10 @@ class RollupRequest(BaseModel):
         le=rollup.LAST_DAY,
         description=f"last day rolled up, {rollup.FIRST_DAY} to {rollup.LAST_DAY}; "
         "default today (UTC)",
+        json_schema_extra={"pattern": rollup.DAY_PATTERN},
     )
     dry_run: StrictBool = Field(default=False, alias="dryRun")
-    days_to_process: StrictInt = Field(
+    days_to_process: Annotated[StrictInt, BeforeValidator(_whole_number)] = Field(
         default=rollup.DEFAULT_DAYS,
         ge=rollup.MIN_DAYS,
         le=rollup.MAX_DAYS,
@@ -50,6 +67,18 @@ class RollupRequest(BaseModel):
         "range as the `rollup` job's `days` and `ingest rollup --days`); every dirty day is "
         "rolled too",
     )
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _day_text(cls, value: object) -> object:
+        """Only YYYY-MM-DD text in the range (not a timestamp number, not a datetime)."""
+        if value is None:
+            return value
+        if type(value) is not str or not re.fullmatch(rollup.DAY_PATTERN, value):
+            raise ValueError(
+                f"date must be YYYY-MM-DD from {rollup.FIRST_DAY} to {rollup.LAST_DAY}"
+            )
+        return value
 
 
 class RollupDryRun(ResponseModel):

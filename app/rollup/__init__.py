@@ -6,6 +6,7 @@ reports). docs/rollups.md describes the whole.
 """
 
 from app.rollup.config import (
+    DAY_PATTERN,
     DEFAULT_DAYS,
     FIRST_DAY,
     LAST_DAY,
@@ -24,6 +25,7 @@ from app.rollup.report import RollupReport, report_details
 from app.rollup.run import rollup_and_record, run_rollup
 
 __all__ = [
+    "DAY_PATTERN",
     "DEFAULT_DAYS",
     "FIRST_DAY",
     "LAST_DAY",

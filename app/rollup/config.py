@@ -15,6 +15,12 @@ VIEW_CAP = 5
 # date arithmetic of windows and horizons (Python dates end at 9999-12-31).
 FIRST_DAY = date(2000, 1, 1)
 LAST_DAY = date(9999, 12, 1)
+# FIRST_DAY..LAST_DAY as YYYY-MM-DD text (with a calendar check, format "date", it is exact):
+# the published contract states the range this way, JSON Schema has no date bounds.
+DAY_PATTERN = (
+    r"^(?:(?:[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}"
+    r"|9999-(?:0[0-9]|1[01])-[0-9]{2}|9999-12-01)$"
+)
 EVENT_TYPES = ("view", "copy", "save", "fork", "vote")
 # How many days ending on a date an operator may ask for, the same for HTTP (`daysToProcess`), the
 # `rollup` job (`days`) and `ingest rollup --days`. Changed days beyond them are found and rolled
