@@ -4,6 +4,7 @@ stand-in of the API (tests/stripe_api.py), a real PostgreSQL, and the real job q
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ import asyncpg
 import pytest
 
 from app import stripe_inbox, stripe_reconcile
+from app.cli import main
 from app.errors import StripeApiUnavailable
 from app.settings import Settings
 from jobs.stripe import RECONCILE_TASK
@@ -32,6 +34,7 @@ from tests.stripe_helpers import (
     sign,
     store,
 )
+from tests.test_stripe_jobs import in_db
 
 HOUR = 3600
 
@@ -455,3 +458,71 @@ async def test_without_a_key_the_task_does_nothing(
     assert await pool.fetchval("SELECT count(*) FROM stripe_events") == 0
     assert await audit_actions(pool, "stripe.reconciled") == []
     assert "off: STRIPE_SECRET_KEY is not set" in stripe_reconcile.describe(settings)
+
+
+# --- from a shell ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shell(db_url: str, events_api: EventsApi, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("STRIPE_SECRET_KEY", API_KEY)
+    monkeypatch.setenv("STRIPE_API_BASE", events_api.url)
+    return db_url
+
+
+def test_the_command_reconciles_then_applies_what_it_recovered(
+    shell: str, events_api: EventsApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pi = new_id("pi")
+    evt = paid(pi, amount=650, ago=2 * 24 * HOUR)
+    events_api.add(evt)
+    since = (datetime.now(UTC) - timedelta(days=3)).date().isoformat()
+    assert main(["stripe", "reconcile", "--since", since]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recovered"] == [evt["id"]] and out["processed"] == {evt["id"]: "applied"}
+    assert out["since"].startswith(since) and out["watermark"] is None  # a gap before --since
+    row = in_db(shell, lambda pool: donation(pool, pi))
+    assert (row["status"], row["amount_cents"]) == ("succeeded", 650)
+
+    assert main(["stripe", "reconcile"]) == 0  # Stripe's 30 days; the watermark is set now
+    again = json.loads(capsys.readouterr().out)
+    assert (again["listed"], again["recovered"]) == (1, [])
+    assert again["watermark"] == again["until"]
+    actors = in_db(shell, lambda pool: audit_actions(pool, "stripe.reconciled"))
+    assert len(actors) == 2 and all(a["actor"].startswith("cli:") for a in actors)
+
+
+def test_the_command_refuses_a_bad_since_and_a_missing_key(
+    shell: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["stripe", "reconcile", "--since", "last tuesday"]) == 2
+    assert "is not a date" in capsys.readouterr().err
+    monkeypatch.delenv("STRIPE_SECRET_KEY")
+    assert main(["stripe", "reconcile"]) == 2
+    assert "STRIPE_SECRET_KEY is not set" in capsys.readouterr().err
+
+
+def test_config_and_start_up_say_whether_reconciliation_is_on(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import app.cli
+
+    async def no_worker(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(app.cli, "_run_worker", no_worker)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
+    assert main(["config"]) == 0
+    assert "Stripe reconciliation: off: STRIPE_SECRET_KEY is not set" in capsys.readouterr().out
+    assert main(["worker"]) == 0
+    started = capsys.readouterr().err
+    assert started.count("Stripe reconciliation off: STRIPE_SECRET_KEY is not set") == 1
+
+    monkeypatch.setenv("STRIPE_SECRET_KEY", API_KEY)
+    assert main(["config"]) == 0
+    shown = capsys.readouterr().out
+    assert "Stripe reconciliation: on: every 10 minutes" in shown and API_KEY not in shown
+    assert main(["worker"]) == 0
+    assert capsys.readouterr().err.count("Stripe reconciliation on: every 10 minutes") == 1
