@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import stripe
@@ -95,11 +96,18 @@ def describe(settings: Settings) -> str:
             "off: STRIPE_SECRET_KEY is not set, so Stripe events whose webhook delivery "
             "failed are not recovered"
         )
-    base = settings.stripe_api_base or stripe.DEFAULT_API_BASE
     return (
-        f"on: {CADENCE}, events API at {base}, overlap {settings.stripe_reconcile_overlap_s} s, "
+        f"on: {CADENCE}, events API at {_shown_base(settings)}, "
+        f"overlap {settings.stripe_reconcile_overlap_s} s, "
         f"grace {settings.stripe_reconcile_grace_s} s"
     )
+
+
+def _shown_base(settings: Settings) -> str:
+    """The API base without any user:password a proxy URL may carry."""
+    parts = urlsplit(settings.stripe_api_base or stripe.DEFAULT_API_BASE)
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 def _api_key(settings: Settings) -> str:

@@ -289,6 +289,9 @@ async def test_events_the_endpoint_refused_are_recovered_processed_once_and_coun
         refused = await deliver(running.client, evt, secret="whsec_rotated_wrongly")
         assert refused.status_code == 400
     assert await pool.fetchval("SELECT count(*) FROM stripe_events") == 0
+    before = (await running.client.get("/metrics")).text
+    assert "ingest_stripe_events_recovered_total 0.0" in before
+    assert "\ningest_stripe_reconcile_watermark_age_seconds " not in before  # never ran
 
     await defer_reconcile(proc_app)
     await drain_queue(proc_app, pool, api_settings)
@@ -526,3 +529,19 @@ def test_config_and_start_up_say_whether_reconciliation_is_on(
     assert "Stripe reconciliation: on: every 10 minutes" in shown and API_KEY not in shown
     assert main(["worker"]) == 0
     assert capsys.readouterr().err.count("Stripe reconciliation on: every 10 minutes") == 1
+
+
+def test_the_api_base_is_an_http_url_and_its_credentials_are_never_shown() -> None:
+    db_url = "postgresql://postgres@127.0.0.1:5432/unused"  # settings only: never connected
+    with pytest.raises(ValueError, match=r"stripe_api_base\n.*must be an https"):
+        make_settings(db_url, stripe_api_base="api.stripe.com")
+    assert make_settings(db_url, stripe_api_base="  ").stripe_api_base is None
+    proxied = make_settings(
+        db_url, stripe_secret_key=API_KEY, stripe_api_base="https://ops:hunter2@proxy:8443/"
+    )
+    assert proxied.stripe_api_base == "https://ops:hunter2@proxy:8443"
+    shown = stripe_reconcile.describe(proxied)
+    assert "https://proxy:8443" in shown and "hunter2" not in shown
+    from app.commands.config import describe
+
+    assert "hunter2" not in str(describe(proxied))

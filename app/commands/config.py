@@ -31,7 +31,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             )
         elif value is None:
             shown = "unset"
-        elif name.endswith("database_url"):
+        elif name.endswith("database_url") or name == "stripe_api_base":
             shown = _mask_url(str(value))
         else:
             shown = str(value)
