@@ -4,7 +4,8 @@ Stripe retries a delivery for days, out of order, sometimes twice at once. The w
 verifies the signature and inserts the event into `stripe_events` (`ON CONFLICT DO NOTHING`);
 a job applies it later (`apply_stored_event`) under a row lock on the event, marking it
 processed in the same transaction as its effect, so however many deliveries and jobs there
-are, the effect happens once. docs/stripe.md describes the whole flow.
+are, the effect happens once. Reconciliation (app/stripe_reconcile.py) stores the events no
+delivery brought through the same `store_event`. docs/stripe.md describes the whole flow.
 """
 
 from __future__ import annotations
