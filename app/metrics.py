@@ -23,7 +23,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.db import queries
@@ -59,7 +59,7 @@ def observe_pool(pool: asyncpg.Pool) -> None:
 
 async def database_gauges(
     conn: asyncpg.Connection, *, rollup_floor: date | None = None
-) -> list[GaugeMetricFamily]:
+) -> list[Any]:
     """Figures read from PostgreSQL at scrape time (`rollup_floor`: the oldest day the rollup
     still rolls, EVENT_RETENTION_DAYS)."""
     depth = GaugeMetricFamily(
@@ -81,7 +81,14 @@ async def database_gauges(
         "ingest_rollup_failed_runs_last_day", "Rollup runs that failed in the last 24 hours"
     )
     failed.add_metric([], runs["failed_last_day"])
-    return [depth, last, duration, failed, *await _rollup_freshness(conn, rollup_floor)]
+    return [
+        depth,
+        last,
+        duration,
+        failed,
+        *await _rollup_freshness(conn, rollup_floor),
+        *await _stripe_reconcile_families(conn),
+    ]
 
 
 async def _rollup_freshness(conn: asyncpg.Connection, floor: date | None) -> list[Any]:
@@ -99,6 +106,24 @@ async def _rollup_freshness(conn: asyncpg.Connection, floor: date | None) -> lis
     )
     age.add_metric([], row["oldest_change_age_s"])
     return [dirty, age]
+
+
+async def _stripe_reconcile_families(conn: asyncpg.Connection) -> list[Any]:
+    """Inbox rows recovered by reconciliation (any increase: webhook delivery failed) and
+    how old the watermark is (no sample before the first run)."""
+    state = await queries.metrics_stripe_reconcile(conn)
+    recovered = CounterMetricFamily(
+        "ingest_stripe_events_recovered",
+        "Stripe events stored by reconciliation because no webhook delivery brought them",
+    )
+    recovered.add_metric([], state["recovered"])
+    age = GaugeMetricFamily(
+        "ingest_stripe_reconcile_watermark_age_seconds",
+        "Seconds since the Stripe event time up to which the inbox is known complete",
+    )
+    if state["watermark_age_s"] is not None:
+        age.add_metric([], state["watermark_age_s"])
+    return [recovered, age]
 
 
 class _Static:

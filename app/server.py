@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from procrastinate.exceptions import ConnectorException
 from psycopg_pool import AsyncConnectionPool
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
@@ -27,6 +28,7 @@ APP_NAME = "ingest"
 # The largest body any route accepts (crawl, 5 MiB); routes set tighter limits of their own.
 MAX_BODY_BYTES = 5 * 1024 * 1024
 WORKER_SHUTDOWN_GRACE_S = 30.0
+WORKER_RESTART_DELAY_S = 1.0
 
 
 def create_app(
@@ -160,7 +162,8 @@ async def _open_resources(app: Sanic) -> None:
     if app.ctx.run_worker:
         resources = Resources(settings=settings, pool=app.ctx.pool)
         app.ctx.worker_task = asyncio.create_task(
-            app.ctx.jobs.run_worker_async(
+            _run_worker_until_stopped(
+                app.ctx.jobs,
                 install_signal_handlers=False,
                 concurrency=settings.worker_concurrency,
                 shutdown_graceful_timeout=WORKER_SHUTDOWN_GRACE_S,
@@ -170,6 +173,25 @@ async def _open_resources(app: Sanic) -> None:
             ),
             name="procrastinate-worker",
         )
+
+
+async def _run_worker_until_stopped(proc_app: Any, **options: Any) -> None:
+    """The in-process worker, started again after a database error instead of left dead while
+    the server goes on serving: its first query can wait longer than DB_ACQUIRE_TIMEOUT_S for
+    the job pool when webhook deliveries fill that pool at start-up (seen in
+    tests/test_races.py), and the database can go away for a while."""
+    while True:
+        try:
+            await proc_app.run_worker_async(**options)
+            return
+        except ConnectorException:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the server is stopping: no new worker
+            logger.warning(
+                "in-process worker stopped on a database error; restarting", exc_info=True
+            )
+            await asyncio.sleep(WORKER_RESTART_DELAY_S)
 
 
 async def _close_resources(app: Sanic) -> None:

@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     stripe_lock_timeout_ms: int = Field(default=5000, ge=1)
     # Inbox rows younger than this are left to the job deferred by the webhook itself.
     stripe_sweep_grace_s: float = Field(default=60.0, ge=0)
+    # Reconciliation with the Events API (on when STRIPE_SECRET_KEY is set): the API's base
+    # URL (unset: stripe-python's, https://api.stripe.com; for tests and proxies), the
+    # library's own retries of connection errors, 409 and 5xx answers, how far behind the
+    # watermark each run lists again, and how young an event may be before reconciliation
+    # takes it instead of waiting for its delivery.
+    stripe_api_base: str | None = None
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+    stripe_reconcile_overlap_s: int = Field(default=3600, ge=0)
+    stripe_reconcile_grace_s: int = Field(default=300, ge=0)
 
     # --- crawl and search ---
 
@@ -94,6 +103,15 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("stripe_api_base", mode="before")
+    @classmethod
+    def _api_base_url(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an https:// (or http://) URL")
+        return value.rstrip("/") if isinstance(value, str) else value
 
     @property
     def app_tokens(self) -> tuple[str, ...]:

@@ -4,7 +4,8 @@ Stripe retries a delivery for days, out of order, sometimes twice at once. The w
 verifies the signature and inserts the event into `stripe_events` (`ON CONFLICT DO NOTHING`);
 a job applies it later (`apply_stored_event`) under a row lock on the event, marking it
 processed in the same transaction as its effect, so however many deliveries and jobs there
-are, the effect happens once. docs/stripe.md describes the whole flow.
+are, the effect happens once. Reconciliation (app/stripe_reconcile.py) stores the events no
+delivery brought through the same `store_event`. docs/stripe.md describes the whole flow.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import orjson
@@ -59,11 +60,39 @@ class VerifiedEvent:
     livemode: bool | None
     payload: dict[str, Any]
     secret_fingerprint: str
+    source: ClassVar[str] = "webhook"
 
     @property
     def actor(self) -> str:
         """Audit actor: which configured secret verified it (useful while rotating)."""
         return f"stripe:{self.secret_fingerprint}"
+
+
+@dataclass(frozen=True)
+class RecoveredEvent:
+    """A Stripe event listed from Stripe's Events API (authenticated by the secret key over
+    TLS) because no webhook delivery brought it; `actor` is the reconciliation run's."""
+
+    id: str
+    type: str
+    created: datetime
+    livemode: bool | None
+    payload: dict[str, Any]
+    actor: str
+    source: ClassVar[str] = "reconciliation"
+
+
+InboxEvent = VerifiedEvent | RecoveredEvent
+
+# The audit action of an inbox write, by (source, already in the inbox). An event that
+# reconciliation finds already stored is the normal case and leaves no row per event (the
+# run's own audit row counts them).
+STORE_ACTIONS: dict[tuple[str, bool], str | None] = {
+    ("webhook", False): "stripe.event_received",
+    ("webhook", True): "stripe.event_redelivered",
+    ("reconciliation", False): "stripe.event_recovered",
+    ("reconciliation", True): None,
+}
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,32 @@ def _event_from_body(body: bytes, secret: str) -> VerifiedEvent:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise StripeEventInvalid(f"the signed body is not valid JSON: {exc.msg}") from exc
+    event_id, event_type, created_at, livemode = _key_fields(payload)
+    return VerifiedEvent(
+        id=event_id,
+        type=event_type,
+        created=created_at,
+        livemode=livemode,
+        payload=payload,
+        secret_fingerprint=fingerprint(secret),
+    )
+
+
+def recovered_event(payload: Any, *, actor: str) -> RecoveredEvent:
+    """An event from Stripe's Events API, checked as a delivered one is."""
+    event_id, event_type, created_at, livemode = _key_fields(payload)
+    return RecoveredEvent(
+        id=event_id,
+        type=event_type,
+        created=created_at,
+        livemode=livemode,
+        payload=payload,
+        actor=actor,
+    )
+
+
+def _key_fields(payload: Any) -> tuple[str, str, datetime, bool | None]:
+    """(id, type, created, livemode) of an event, or `StripeEventInvalid`."""
     event_id = payload.get("id") if isinstance(payload, dict) else None
     event_type = payload.get("type") if isinstance(payload, dict) else None
     created = payload.get("created") if isinstance(payload, dict) else None
@@ -148,14 +203,7 @@ def _event_from_body(body: bytes, secret: str) -> VerifiedEvent:
         raise StripeEventInvalid("the event's created time is out of range") from exc
     assert isinstance(payload, dict)
     livemode = payload.get("livemode")
-    return VerifiedEvent(
-        id=event_id,
-        type=event_type,
-        created=created_at,
-        livemode=livemode if isinstance(livemode, bool) else None,
-        payload=payload,
-        secret_fingerprint=fingerprint(secret),
-    )
+    return event_id, event_type, created_at, livemode if isinstance(livemode, bool) else None
 
 
 def verify_webhook(
@@ -191,9 +239,9 @@ def verify_webhook(
 
 
 async def store_event(
-    conn: asyncpg.Connection, *, event: VerifiedEvent, request_id: str | None
+    conn: asyncpg.Connection, *, event: InboxEvent, request_id: str | None
 ) -> Receipt:
-    """Insert the event unless already there, and audit the delivery."""
+    """Insert the event unless already there (whoever brought it first), and audit it."""
     row = await queries.stripe_store_event(
         conn,
         id=event.id,
@@ -201,16 +249,19 @@ async def store_event(
         payload=event.payload,
         created=event.created,
         livemode=event.livemode,
+        source=event.source,
     )
     duplicate = not row["inserted"]
-    await audit.record(
-        conn,
-        actor=event.actor,
-        action="stripe.event_redelivered" if duplicate else "stripe.event_received",
-        subject=f"stripe_event:{event.id}",
-        request_id=request_id,
-        details={"type": event.type, "created": event.created.isoformat()},
-    )
+    action = STORE_ACTIONS[(event.source, duplicate)]
+    if action is not None:
+        await audit.record(
+            conn,
+            actor=event.actor,
+            action=action,
+            subject=f"stripe_event:{event.id}",
+            request_id=request_id,
+            details={"type": event.type, "created": event.created.isoformat()},
+        )
     return Receipt(event_id=event.id, duplicate=duplicate, processed=bool(row["processed"]))
 
 

@@ -1,13 +1,17 @@
-"""Stripe tasks: apply one inbox event, and sweep the inbox for events no job is handling.
+"""Stripe tasks: apply one inbox event, sweep the inbox for events no job is handling, and
+reconcile the inbox with Stripe's Events API.
 
     procrastinate --app=jobs.app defer process_stripe_event '{"event_id": "evt_..."}'
     procrastinate --app=jobs.app defer sweep_stripe_inbox '{}'
+    procrastinate --app=jobs.app defer reconcile_stripe '{}'
 
 `process_stripe_event` has a queueing lock per event (`stripe_event:<id>`), so at most one
 job waits per event, and retries with exponential back-off. Its effect is idempotent (the
 event row is locked and marked processed in the effect's transaction). `sweep_stripe_inbox`
 runs every minute and re-defers any unprocessed row with no job waiting or running: left by
 a crash between the webhook's commit and its defer, or by a job whose retries ran out.
+`reconcile_stripe` runs every 10 minutes when STRIPE_SECRET_KEY is set (app/stripe_reconcile.py)
+and queues processing for every event it recovers.
 """
 
 from __future__ import annotations
@@ -17,22 +21,41 @@ from dataclasses import dataclass
 
 from procrastinate import App, JobContext, RetryStrategy
 from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.jobs import Job
+from procrastinate.retry import RetryDecision
 
-from app import stripe_inbox
+from app import stripe_inbox, stripe_reconcile
 from app.db import transaction
+from app.errors import ConfigurationError
 from jobs.notifications import defer_notify
-from jobs.resources import Resources, resources_for
+from jobs.resources import Resources, RetryUnlessInvalid, resources_for
 
 logger = logging.getLogger("ingest.jobs.stripe")
 
 PROCESS_TASK = "process_stripe_event"
 SWEEP_TASK = "sweep_stripe_inbox"
+RECONCILE_TASK = "reconcile_stripe"
+RECONCILE_CRON = "*/10 * * * *"  # stripe_reconcile.CADENCE says it in words
 QUEUE = "stripe"
 SWEEP_BATCH = 500
 # 6 retries after 2, 4, 8, 16, 32 and 64 s; then the sweeper takes over, waiting longer.
 PROCESS_RETRY = RetryStrategy(max_attempts=6, exponential_wait=2)
 # Donation states an author hears about (the notification task reads the donations table).
 NOTIFIED_STATUSES = frozenset({"succeeded", "partially_refunded", "refunded", "disputed", "lost"})
+
+
+class RetryUnlessMisconfigured(RetryUnlessInvalid):
+    """Retries Stripe's rate limits and outages; a refused key or request (a
+    `ConfigurationError`) fails at once: the same call cannot succeed until someone acts."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, ConfigurationError):
+            return None
+        return super().get_retry_decision(exception=exception, job=job)
+
+
+# 4 retries after 4, 16, 64 and 256 s; the next periodic run comes 10 minutes after the last.
+RECONCILE_RETRY = RetryUnlessMisconfigured(max_attempts=4, exponential_wait=4)
 
 
 @dataclass(frozen=True)
@@ -100,6 +123,44 @@ async def sweep_stripe_inbox(
     return (await sweep_inbox(context.app, res)).as_json()
 
 
+async def reconcile_inbox(
+    proc_app: App, res: Resources, *, actor: str, since: str | None = None
+) -> dict[str, object]:
+    """One reconciliation run; each recovered event's processing is queued once its page
+    is committed (a lost defer is the sweeper's, as for a webhook)."""
+    since_at = stripe_reconcile.parse_since(since) if since else None
+
+    async def queue(event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            await defer_processing(proc_app, event_id=event_id)
+
+    async with stripe_reconcile.stripe_client(res.settings) as client:
+        report = await stripe_reconcile.reconcile(
+            res.pool,
+            client=client,
+            settings=res.settings,
+            actor=actor,
+            since=since_at,
+            on_recovered=queue,
+        )
+    return report.as_json()
+
+
+async def reconcile_stripe(
+    context: JobContext, timestamp: int | None = None, since: str | None = None
+) -> dict[str, object]:
+    """Every 10 minutes: list what Stripe has and the inbox lacks (off without a key, as
+    start-up and `ingest config` say)."""
+    res = await resources_for(context)
+    if not stripe_reconcile.enabled(res.settings):
+        return {"skipped": "STRIPE_SECRET_KEY is not set"}
+    try:
+        return await reconcile_inbox(context.app, res, actor=f"job:{RECONCILE_TASK}", since=since)
+    except ConfigurationError as exc:
+        logger.error("Stripe reconciliation failed: %s", exc.message)
+        raise
+
+
 def register(app: App) -> None:
     app.task(
         name=PROCESS_TASK,
@@ -115,3 +176,12 @@ def register(app: App) -> None:
         retry=RetryStrategy(max_attempts=2, exponential_wait=2),
     )(sweep_stripe_inbox)
     app.periodic(cron="* * * * *", periodic_id="sweep_stripe_inbox")(sweep)
+    reconcile = app.task(
+        name=RECONCILE_TASK,
+        pass_context=True,
+        queue=QUEUE,
+        lock=RECONCILE_TASK,
+        queueing_lock=RECONCILE_TASK,
+        retry=RECONCILE_RETRY,
+    )(reconcile_stripe)
+    app.periodic(cron=RECONCILE_CRON, periodic_id=RECONCILE_TASK)(reconcile)

@@ -1,11 +1,12 @@
 -- Stripe donations (docs/stripe.md). The inbox `stripe_events` and the `donations` rows.
 
--- name: stripe_store_event(id, type, payload, created, livemode)^
--- The inbox write: a redelivery stores nothing. `processed` is the state before this
--- statement (NULL for a new event), so a redelivery of an unprocessed event re-queues it.
+-- name: stripe_store_event(id, type, payload, created, livemode, source)^
+-- The inbox write, for a webhook delivery and for an event recovered by reconciliation
+-- alike: a redelivery stores nothing. `processed` is the state before this statement (NULL
+-- for a new event), so a redelivery of an unprocessed event re-queues it.
 WITH inserted AS (
-    INSERT INTO stripe_events (id, type, payload, created, livemode)
-    VALUES (:id, :type, :payload, :created::timestamptz, :livemode::boolean)
+    INSERT INTO stripe_events (id, type, payload, created, livemode, source)
+    VALUES (:id, :type, :payload, :created::timestamptz, :livemode::boolean, :source)
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 )

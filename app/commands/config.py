@@ -7,6 +7,7 @@ import re
 
 from pydantic import SecretStr
 
+from app import stripe_reconcile
 from app.http.auth import fingerprint
 from app.settings import Settings, split_secret
 
@@ -30,7 +31,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             )
         elif value is None:
             shown = "unset"
-        elif name.endswith("database_url"):
+        elif name.endswith("database_url") or name == "stripe_api_base":
             shown = _mask_url(str(value))
         else:
             shown = str(value)
@@ -39,8 +40,10 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    for env, shown in describe(Settings()):
+    settings = Settings()
+    for env, shown in describe(settings):
         print(f"{env:<32} {shown}")
+    print(f"\nStripe reconciliation: {stripe_reconcile.describe(settings)}")
     return 0
 
 

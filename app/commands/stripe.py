@@ -1,10 +1,14 @@
-"""`ingest stripe`: replay one stored event, or list the inbox rows not yet processed.
+"""`ingest stripe`: replay one stored event, list the inbox rows not yet processed, or
+reconcile the inbox with Stripe's Events API now.
 
     ingest stripe pending [--limit 50]
     ingest stripe replay evt_1Q...
+    ingest stripe reconcile [--since 2026-11-20]
 
 `replay` applies the stored event in this process, even when it was processed already: the
 merge into `donations` is idempotent, so a replay repairs and never double counts.
+`reconcile` runs what the `reconcile_stripe` task runs, then applies the events it recovered
+in this process (one that fails is left to the jobs and the sweeper, and listed).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import asyncio
 import getpass
 import json
 
-from app import stripe_inbox
+import asyncpg
+
+from app import stripe_inbox, stripe_reconcile
 from app.commands._common import database_url
 from app.db import create_pool
 from app.settings import Settings
@@ -51,6 +57,35 @@ async def _pending(settings: Settings, limit: int) -> list[dict[str, object]]:
         await pool.close()
 
 
+async def _reconcile(settings: Settings, since: str | None) -> dict[str, object]:
+    since_at = stripe_reconcile.parse_since(since) if since else None
+    pool = await create_pool(database_url(settings), min_size=1, max_size=2)
+    try:
+        async with stripe_reconcile.stripe_client(settings) as client:
+            report = await stripe_reconcile.reconcile(
+                pool, client=client, settings=settings, actor=_actor(), since=since_at
+            )
+        applied = [await _apply_recovered(pool, settings, e) for e in report.recovered]
+    finally:
+        await pool.close()
+    return {**report.as_json(), "processed": dict(zip(report.recovered, applied, strict=True))}
+
+
+async def _apply_recovered(pool: asyncpg.Pool, settings: Settings, event_id: str) -> str:
+    """The outcome of applying one recovered event here, or why it is left to the jobs."""
+    try:
+        result = await stripe_inbox.process_stored_event(
+            pool,
+            event_id=event_id,
+            actor=_actor(),
+            timeout=settings.db_acquire_timeout_s,
+            lock_timeout_ms=settings.stripe_lock_timeout_ms,
+        )
+    except Exception as exc:  # recorded on the inbox row; the sweeper retries it
+        return f"failed ({type(exc).__name__}), left to the jobs"
+    return result.outcome
+
+
 def _print_pending(rows: list[dict[str, object]]) -> None:
     if not rows:
         print("no unprocessed Stripe events")
@@ -69,16 +104,28 @@ def _run(args: argparse.Namespace) -> int:
     if args.action == "replay":
         result = asyncio.run(_replay(settings, args.event_id))
         print(json.dumps(result.as_json(), indent=2))
+    elif args.action == "reconcile":
+        print(json.dumps(asyncio.run(_reconcile(settings, args.since)), indent=2))
     else:
         _print_pending(asyncio.run(_pending(settings, args.limit)))
     return 0
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("stripe", help="Stripe inbox: replay an event, list pending")
+    parser = subparsers.add_parser(
+        "stripe", help="Stripe inbox: replay an event, list pending, reconcile with Stripe"
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     replay = actions.add_parser("replay", help="re-process one stored event (idempotent)")
     replay.add_argument("event_id", help="the Stripe event id, evt_...")
     pending = actions.add_parser("pending", help="list unprocessed or failed inbox rows")
     pending.add_argument("--limit", type=int, default=50)
+    reconcile = actions.add_parser(
+        "reconcile", help="store and apply the events Stripe has and the inbox lacks"
+    )
+    reconcile.add_argument(
+        "--since",
+        metavar="DATE",
+        help="list from this date or ISO time (UTC) instead of the watermark minus the overlap",
+    )
     parser.set_defaults(func=_run)
