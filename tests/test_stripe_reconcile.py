@@ -276,7 +276,7 @@ async def test_events_the_endpoint_refused_are_recovered_processed_once_and_coun
     api_settings: Settings,
     events_api: EventsApi,
 ) -> None:
-    """Stripe "delivers" while the endpoint answers 400 (a wrong secret): nothing is stored.
+    """Stripe "delivers" while the endpoint answers 401 (a wrong secret): nothing is stored.
     The next run recovers them; when Stripe's retry finally gets through, it is a duplicate."""
     running = await start_server(api_settings)
     pi = new_id("pi")
@@ -287,7 +287,7 @@ async def test_events_the_endpoint_refused_are_recovered_processed_once_and_coun
     events_api.add(*lifecycle)
     for evt in lifecycle:
         refused = await deliver(running.client, evt, secret="whsec_rotated_wrongly")
-        assert refused.status_code == 400
+        assert refused.status_code == 401
     assert await pool.fetchval("SELECT count(*) FROM stripe_events") == 0
     before = (await running.client.get("/metrics")).text
     assert "ingest_stripe_events_recovered_total 0.0" in before
