@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ APP_NAME = "ingest"
 # The largest body any route accepts (crawl, 5 MiB); routes set tighter limits of their own.
 MAX_BODY_BYTES = 5 * 1024 * 1024
 WORKER_SHUTDOWN_GRACE_S = 30.0
+WORKER_SERVING_WAIT_S = 60.0  # longest wait, after the acks, for every worker to serve
 
 
 def create_app(
@@ -58,6 +60,7 @@ def create_app(
     openapi.configure(app)
     app.main_process_ready(_stop_waiting_for_acks_on_shutdown)
     app.main_process_ready(_refuse_new_connections_on_shutdown)
+    app.main_process_ready(_take_sigterm_once_workers_started)
     app.before_server_start(_open_resources)
     if freeze_gc:
         app.after_server_start(_freeze_startup_objects)
@@ -112,6 +115,41 @@ def _refuse_new_connections_on_shutdown(app: Sanic) -> None:
         shutdown()
 
     manager.shutdown = close_listeners_then_shutdown  # type: ignore[method-assign]
+
+
+def _take_sigterm_once_workers_started(app: Sanic) -> None:
+    """Unblock SIGTERM in the main process once every Sanic worker serves.
+
+    `ingest serve`/`ingest run` hold SIGTERM while they start (app/cli.py, `_sigterm_held`),
+    so the processes Sanic starts inherit the block: its state-sharing manager process and
+    the workers. A SIGTERM to the whole process group then reaches only the main process,
+    which stops the workers in order, as for a SIGTERM to it alone (before, the manager
+    process died at once and the main process's next look at the workers' state raised
+    BrokenPipeError). A SIGTERM that came meanwhile is delivered here, to Sanic's handler,
+    when the workers serve: not to workers still starting. (Sanic's workers ack before they
+    install their signal handlers, and briefly ignore SIGINT while they do: the SIGINT by which
+    the main process stops a worker in that window was lost, and the worker served on after
+    the main process had stopped.)
+    """
+    manager = app.manager
+    wait_for_ack = manager.wait_for_ack
+
+    def wait_for_ack_then_take_sigterm() -> None:
+        wait_for_ack()
+        deadline = time.monotonic() + WORKER_SERVING_WAIT_S
+        while not _all_serving(manager) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+    manager.wait_for_ack = wait_for_ack_then_take_sigterm  # type: ignore[method-assign]
+
+
+def _all_serving(manager: Any) -> bool:
+    """Every server worker has its signal handlers and serves (or one died: stop waiting)."""
+    if any(not process.is_alive() for process in manager.processes):
+        return True
+    states = [state for state in manager.worker_state.values() if state.get("server")]
+    return len(states) == manager.num_server and all(s.get("serving") for s in states)
 
 
 def _count_request(request: Request, response: HTTPResponse) -> None:
