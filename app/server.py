@@ -17,6 +17,7 @@ from sanic.response import HTTPResponse
 from app import metrics
 from app.blueprints import all_blueprints
 from app.db import UNAVAILABLE_ERRORS, create_pool
+from app.donations import HANDLED_TYPES
 from app.http import middleware, openapi
 from app.http.errors import JsonErrorHandler
 from app.logs import logging_config
@@ -62,6 +63,7 @@ def create_app(
     app.main_process_ready(_refuse_new_connections_on_shutdown)
     app.main_process_ready(_take_sigterm_once_workers_started)
     app.before_server_start(_open_resources)
+    app.before_server_start(_zero_metrics)
     if freeze_gc:
         app.after_server_start(_freeze_startup_objects)
     app.after_server_stop(_close_resources)
@@ -142,6 +144,12 @@ def _take_sigterm_once_workers_started(app: Sanic) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
     manager.wait_for_ack = wait_for_ack_then_take_sigterm  # type: ignore[method-assign]
+
+
+def _zero_metrics(app: Sanic) -> None:
+    """Every series with known label values, at 0 before the first request (app/metrics.py)."""
+    routes = {(route.path, method) for route in app.router.routes for method in route.methods}
+    metrics.zero_initialise(routes=sorted(routes), stripe_types=sorted(HANDLED_TYPES))
 
 
 def _all_serving(manager: Any) -> bool:

@@ -10,3 +10,23 @@ LEFT JOIN LATERAL (
     SELECT finished_at, duration_ms FROM rollup_runs
     WHERE status = 'succeeded' ORDER BY finished_at DESC NULLS LAST LIMIT 1
 ) AS s ON true;
+
+-- name: metrics_oldest_todo_jobs()
+-- Per queue, how long its oldest job has been due and waiting (deferred, or scheduled for a
+-- time now past): the backlog, whatever the number of jobs.
+SELECT j.queue_name,
+       extract(epoch FROM now() - min(greatest(e.at, coalesce(j.scheduled_at, e.at))))::float8
+           AS age_s
+FROM procrastinate_jobs j
+JOIN procrastinate_events e ON e.job_id = j.id AND e.type = 'deferred'
+WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+GROUP BY j.queue_name;
+
+-- name: metrics_stripe_inbox()^
+-- The webhook inbox: events stored but not applied, the oldest one's age, and how many of
+-- them failed their last attempt (partial index stripe_events_unprocessed_idx).
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(received_at)), 0)::float8 AS oldest_age_s,
+       count(*) FILTER (WHERE outcome = 'failed') AS failing
+FROM stripe_events
+WHERE processed_at IS NULL;

@@ -41,8 +41,9 @@ async def scrape(request: Request) -> HTTPResponse:
     metrics.observe_pool(request.app.ctx.pool)
     try:
         async with request.app.ctx.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
-            families = await metrics.database_gauges(conn)
+            families = [*await metrics.database_gauges(conn), metrics.database_up(True)]
     except UNAVAILABLE_ERRORS:
-        families = []  # the process metrics are still worth serving while the database is down
+        # The process metrics are still worth serving while the database is down.
+        families = [metrics.database_up(False)]
     body, content_type = metrics.render(families)
     return HTTPResponse(body, content_type=content_type)
