@@ -13,7 +13,7 @@ import orjson
 from procrastinate.exceptions import ConnectorException
 
 from app.errors import DatabaseUnavailable
-from app.settings import PROJECT_ROOT
+from app.settings import PROJECT_ROOT, Settings
 
 SQL_DIR = PROJECT_ROOT / "sql"
 
@@ -62,6 +62,14 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     (tests/test_db.py keeps `sql/` to that)."""
 
 
+def configured_statement_cache_size() -> int:
+    """DB_STATEMENT_CACHE_SIZE: 0 turns off asyncpg's named prepared statements, which a
+    transaction pooler without prepared-statement support (PgBouncer below 1.21) breaks: the
+    next transaction of the client may run on another server connection, where the statement
+    does not exist."""
+    return Settings().db_statement_cache_size
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -69,9 +77,13 @@ async def create_pool(
     max_size: int = 8,
     command_timeout: float = 30.0,
     server_settings: dict[str, str] | None = None,
+    statement_cache_size: int | None = None,
 ) -> asyncpg.Pool:
-    """Open the application pool with the project's codecs."""
+    """Open an application pool with the project's codecs (every asyncpg pool of the service
+    comes from here, so DB_STATEMENT_CACHE_SIZE applies to all of them)."""
     settings = {"application_name": "ingest", **(server_settings or {})}
+    if statement_cache_size is None:
+        statement_cache_size = configured_statement_cache_size()
     return await asyncpg.create_pool(
         dsn,
         min_size=min(min_size, max_size),
@@ -80,7 +92,15 @@ async def create_pool(
         init=init_connection,
         reset=keep_session,
         server_settings=settings,
+        statement_cache_size=statement_cache_size,
     )
+
+
+async def connect(dsn: str, **options: Any) -> asyncpg.Connection:
+    """One connection outside the pools (migrations, operator commands, the search rebuild),
+    with DB_STATEMENT_CACHE_SIZE like the pools."""
+    options.setdefault("statement_cache_size", configured_statement_cache_size())
+    return await asyncpg.connect(dsn, **options)
 
 
 @asynccontextmanager

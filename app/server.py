@@ -174,12 +174,22 @@ async def _open_pool(settings: Settings) -> Any:
     max_size, timeout = settings.db_pool_max_size, settings.db_command_timeout_s
     try:
         return await create_pool(
-            dsn, min_size=settings.db_pool_min_size, max_size=max_size, command_timeout=timeout
+            dsn,
+            min_size=settings.db_pool_min_size,
+            max_size=max_size,
+            command_timeout=timeout,
+            statement_cache_size=settings.db_statement_cache_size,
         )
     except UNAVAILABLE_ERRORS:
         # Start anyway: requests answer 503 until the database is back.
         logger.warning("database unreachable at start-up; serving 503 until it answers")
-        return await create_pool(dsn, min_size=0, max_size=max_size, command_timeout=timeout)
+        return await create_pool(
+            dsn,
+            min_size=0,
+            max_size=max_size,
+            command_timeout=timeout,
+            statement_cache_size=settings.db_statement_cache_size,
+        )
 
 
 async def _open_resources(app: Sanic) -> None:
@@ -198,6 +208,9 @@ async def _open_resources(app: Sanic) -> None:
         check=AsyncConnectionPool.check_connection,
         # A defer waits no longer for a connection than a request does for an asyncpg one.
         timeout=settings.db_acquire_timeout_s,
+        # psycopg prepares a query run 5 times on a connection: with asyncpg's cache off
+        # (DB_STATEMENT_CACHE_SIZE=0, a transaction pooler), so is this.
+        kwargs={} if settings.db_statement_cache_size else {"prepare_threshold": None},
     )
     await app.ctx.jobs_pool.open(wait=False)
     app.ctx.jobs = jobs.create_app(settings.database_url or "")
