@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +18,7 @@ from app.errors import DatabaseUnavailable
 from app.settings import PROJECT_ROOT, Settings
 
 SQL_DIR = PROJECT_ROOT / "sql"
+logger = logging.getLogger("ingest.db")
 
 # Named queries, loaded once. Code refers to them by name only (`queries.insert_events`).
 queries: Any = aiosql.from_path(SQL_DIR, "asyncpg")
@@ -38,6 +41,39 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     # pool's wait by DB_ACQUIRE_TIMEOUT_S): a job defer that cannot reach the database.
     ConnectorException,
 )
+
+
+# Errors no statement of the service causes by itself, which then fail every statement alike:
+# prepared statements behind a transaction pooler without support for them.
+MISCONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidSQLStatementNameError,  # prepared statement "..." does not exist
+    asyncpg.exceptions.DuplicatePreparedStatementError,  # prepared statement "..." already exists
+)
+MISCONFIGURATION_HINT = (
+    "the database connection loses prepared statements: behind PgBouncer below 1.21, or any"
+    " transaction pooler without prepared-statement support, set DB_STATEMENT_CACHE_SIZE=0"
+)
+# How long /health stays 503 after such an error (the misconfiguration does not heal itself).
+MISCONFIGURATION_WINDOW_S = 60.0
+
+
+class DatabaseFaults:
+    """Misconfiguration errors seen by this process: logged once, and /health stays 503 while
+    one was seen within MISCONFIGURATION_WINDOW_S."""
+
+    def __init__(self) -> None:
+        self.last_seen: float | None = None
+        self.logged = False
+
+    def record(self, exc: BaseException) -> None:
+        self.last_seen = time.monotonic()
+        if not self.logged:
+            self.logged = True
+            logger.error(MISCONFIGURATION_HINT, extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    def recent(self) -> bool:
+        seen = self.last_seen
+        return seen is not None and time.monotonic() - seen < MISCONFIGURATION_WINDOW_S
 
 
 def _dumps(value: Any) -> str:

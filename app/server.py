@@ -16,7 +16,7 @@ from sanic.response import HTTPResponse
 
 from app import metrics
 from app.blueprints import all_blueprints
-from app.db import UNAVAILABLE_ERRORS, create_pool
+from app.db import UNAVAILABLE_ERRORS, DatabaseFaults, create_pool
 from app.donations import HANDLED_TYPES
 from app.http import middleware, openapi
 from app.http.errors import JsonErrorHandler
@@ -53,6 +53,7 @@ def create_app(
     app.config.ACCESS_LOG = False
     app.ctx.settings = settings
     app.ctx.run_worker = run_worker
+    app.ctx.database_faults = DatabaseFaults()
     app.error_handler = JsonErrorHandler()
     middleware.register(app)
     app.on_response(_count_request, priority=50)

@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -72,8 +71,8 @@ def pgbouncer(owned_cluster: OwnedCluster, cluster_tmp: Path) -> Iterator[int]:
         proc.wait(timeout=20)
 
 
-async def _traffic(client: httpx.AsyncClient, direct: asyncpg.Pool) -> list[int]:
-    """Concurrent intake, crawl, Stripe and rollup-trigger requests; their statuses."""
+async def _traffic(client: httpx.AsyncClient, direct: asyncpg.Pool) -> list[httpx.Response]:
+    """Concurrent intake, crawl, Stripe and rollup-trigger requests, then some in a row."""
     rule = await create_rule(direct)
     source_id, _ = await add_source(direct)
 
@@ -102,8 +101,7 @@ async def _traffic(client: httpx.AsyncClient, direct: asyncpg.Pool) -> list[int]
     # One after another: the same job-queue connection defers again and again (psycopg
     # prepares a statement from its sixth run on a connection).
     answers += [await webhook(n) for n in range(12)]
-    answers.append(await client.get("/health"))
-    return [a.status_code for a in answers]
+    return answers
 
 
 @pytest.mark.slow
@@ -118,7 +116,8 @@ async def test_every_route_works_through_pgbouncer_in_transaction_mode(
     running = await start_server(make_settings(pooled_url, db_statement_cache_size=0))
     direct = await asyncpg.create_pool(direct_url, min_size=1, max_size=2)
     try:
-        statuses = await _traffic(running.client, direct)
+        statuses = [answer.status_code for answer in await _traffic(running.client, direct)]
+        statuses.append((await running.client.get("/health")).status_code)
         counts = await direct.fetchrow(
             "SELECT (SELECT count(*) FROM events) AS events,"
             " (SELECT count(*) FROM crawl_items) AS items,"
@@ -141,21 +140,33 @@ async def test_every_route_works_through_pgbouncer_in_transaction_mode(
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-async def test_with_the_statement_cache_on_pgbouncer_in_transaction_mode_breaks_requests(
+async def test_a_pooler_that_loses_prepared_statements_is_named_and_turns_health_red(
     owned_cluster: OwnedCluster,
     pgbouncer: int,
     start_server: Callable[..., Awaitable[RunningServer]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The control: the same traffic with asyncpg's default cache fails requests (so the test
-    above would see the setting missing)."""
+    """The same traffic with asyncpg's cache at its default (the misconfiguration): what fails
+    is a 503 naming the problem, never a generic 500; the log says it once; /health is 503.
+    (This is also the control of the test above: without the setting, requests fail.)"""
     direct_url = await create_migrated_database(owned_cluster)
     pooled_url = f"postgresql://postgres@127.0.0.1:{pgbouncer}/ingest"
     running = await start_server(make_settings(pooled_url))
     direct = await asyncpg.create_pool(direct_url, min_size=1, max_size=2)
     try:
-        statuses: list[Any] = await _traffic(running.client, direct)
+        answers = await _traffic(running.client, direct)
+        health = await running.client.get("/health")
     finally:
         await direct.close()
-    failed = [s for s in statuses if s >= 500]
-    print(f"\nstatement cache on, through PgBouncer: {len(failed)} of {len(statuses)} failed")
+    failed = [a for a in answers if a.status_code >= 500]
+    print(f"\nstatement cache on, through PgBouncer: {len(failed)} of {len(answers)} failed")
     assert failed
+    assert {a.status_code for a in failed} == {503}
+    assert {a.json()["error"]["code"] for a in failed} == {"database_misconfigured"}
+    assert all("DB_STATEMENT_CACHE_SIZE=0" in a.json()["error"]["message"] for a in failed)
+    assert all(a.headers.get("retry-after") for a in failed)
+    assert health.status_code == 503, health.text
+    assert "DB_STATEMENT_CACHE_SIZE=0" in health.json()["database"]["error"]
+    named = [r for r in caplog.records if "DB_STATEMENT_CACHE_SIZE=0" in r.getMessage()]
+    assert len(named) == 1 and named[0].levelname == "ERROR"
+    assert not [r for r in caplog.records if r.getMessage() == "request failed"]
