@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench bench-smoke migrate clean
+.PHONY: run test lint typecheck check rules bench bench-smoke migrate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+## Check the Prometheus alert rules and run their unit tests (promtool: Debian package prometheus).
+rules:
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 ## Benchmarks against raw PostgreSQL (a few minutes; DATABASE_URL or embedded PostgreSQL).
 bench: $(STAMP)

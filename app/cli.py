@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from typing import Any
 
 from pydantic import ValidationError
@@ -46,17 +47,50 @@ def local_database() -> Iterator[Settings]:
         return
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    print(f"DATABASE_URL is not set: starting embedded PostgreSQL in {data_dir / 'pg'}")
-    server, url = local.start_embedded_postgres(data_dir)
-    os.environ["DATABASE_URL"] = url
-    generated = local.load_or_create_secrets(data_dir)
-    os.environ.update(generated)
-    _print_local_banner(url, generated)
+    with local.own_data_dir(data_dir):
+        cluster = local.EmbeddedCluster.in_data_dir(data_dir)
+        print(f"DATABASE_URL is not set: starting embedded PostgreSQL in {cluster.pgdata}")
+        try:
+            url = local.start_embedded_postgres(cluster, data_dir)
+            os.environ["DATABASE_URL"] = url
+            generated = local.load_or_create_secrets(data_dir)
+            os.environ.update(generated)
+            _print_local_banner(url, generated)
+            yield _settings()
+        finally:
+            with _sigterm_held():
+                local.stop_embedded_postgres(cluster, data_dir)
+            print("embedded PostgreSQL stopped")
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """Hold SIGTERM (pending, not lost) while the server starts, or the cluster stops.
+
+    Every process started meanwhile inherits the block: pg_ctl, Sanic's state-sharing manager
+    process and its workers. So a SIGTERM to the whole process group (a terminal, systemd, a
+    supervisor) reaches only this process: it cannot leave a half-started cluster nobody
+    stops, kill the manager process under Sanic (the BrokenPipeError it then raised), or
+    land as an exception inside whatever code runs at that instant (raised in a finalizer it
+    was swallowed, and the service went on serving). It takes effect at `_unless_stopping()`,
+    or in Sanic's own handler once the workers serve (app/server.py,
+    `_take_sigterm_once_workers_started`).
+    """
+    # multiprocessing's resource tracker unblocks SIGTERM in this process when it starts, so
+    # it starts first (Sanic's first process would start it).
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
-        yield _settings()
+        yield
     finally:
-        local.stop_embedded_postgres(server, data_dir)
-        print("embedded PostgreSQL stopped")
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _unless_stopping() -> None:
+    """Unwind here when a SIGTERM came while it was held."""
+    if signal.SIGTERM in signal.sigpending():
+        signal.sigtimedwait({signal.SIGTERM}, 0)  # consumed: it must not land again later
+        raise Terminated
 
 
 def _print_local_banner(url: str, generated: dict[str, str]) -> None:
@@ -68,6 +102,7 @@ def _print_local_banner(url: str, generated: dict[str, str]) -> None:
 
 
 def _serve(settings: Settings, *, run_worker: bool, workers: int) -> None:
+    """Sanic's workers (called with SIGTERM held: Sanic's handler takes it once they serve)."""
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
@@ -101,9 +136,11 @@ def _log_reconciliation(settings: Settings) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    with local_database() as settings:
+    with _sigterm_held(), local_database() as settings:
+        _unless_stopping()
         print(asyncio.run(migrate_url(settings.database_url or "")).summary())
         _log_reconciliation(settings)
+        _unless_stopping()
         print(f"serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
         _serve(settings, run_worker=True, workers=args.workers or settings.web_workers)
     return 0
@@ -112,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     settings.require_production_ready()
-    _serve(settings, run_worker=False, workers=args.workers or settings.web_workers)
+    with _sigterm_held():
+        _serve(settings, run_worker=False, workers=args.workers or settings.web_workers)
     return 0
 
 
@@ -189,18 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the server (starting, migrating, stopping): unwind like Ctrl-C, exit 0."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
     logging.config.dictConfig(
         logging_config(level if level in logging.getLevelNamesMapping() else "INFO")
     )
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         result: Any = args.func(args)
     except IngestError as exc:
         print(f"ingest: {exc.message}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 0  # a requested stop, whenever it came (Sanic's own handler says the same)
     except KeyboardInterrupt:
         return 130
     return int(result or 0)

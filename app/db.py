@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,9 +15,10 @@ import orjson
 from procrastinate.exceptions import ConnectorException
 
 from app.errors import DatabaseUnavailable
-from app.settings import PROJECT_ROOT
+from app.settings import PROJECT_ROOT, Settings
 
 SQL_DIR = PROJECT_ROOT / "sql"
+logger = logging.getLogger("ingest.db")
 
 # Named queries, loaded once. Code refers to them by name only (`queries.insert_events`).
 queries: Any = aiosql.from_path(SQL_DIR, "asyncpg")
@@ -40,6 +43,39 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Errors no statement of the service causes by itself, which then fail every statement alike:
+# prepared statements behind a transaction pooler without support for them.
+MISCONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidSQLStatementNameError,  # prepared statement "..." does not exist
+    asyncpg.exceptions.DuplicatePreparedStatementError,  # prepared statement "..." already exists
+)
+MISCONFIGURATION_HINT = (
+    "the database connection loses prepared statements: behind PgBouncer below 1.21, or any"
+    " transaction pooler without prepared-statement support, set DB_STATEMENT_CACHE_SIZE=0"
+)
+# How long /health stays 503 after such an error (the misconfiguration does not heal itself).
+MISCONFIGURATION_WINDOW_S = 60.0
+
+
+class DatabaseFaults:
+    """Misconfiguration errors seen by this process: logged once, and /health stays 503 while
+    one was seen within MISCONFIGURATION_WINDOW_S."""
+
+    def __init__(self) -> None:
+        self.last_seen: float | None = None
+        self.logged = False
+
+    def record(self, exc: BaseException) -> None:
+        self.last_seen = time.monotonic()
+        if not self.logged:
+            self.logged = True
+            logger.error(MISCONFIGURATION_HINT, extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    def recent(self) -> bool:
+        seen = self.last_seen
+        return seen is not None and time.monotonic() - seen < MISCONFIGURATION_WINDOW_S
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -62,6 +98,14 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     (tests/test_db.py keeps `sql/` to that)."""
 
 
+def configured_statement_cache_size() -> int:
+    """DB_STATEMENT_CACHE_SIZE: 0 turns off asyncpg's named prepared statements, which a
+    transaction pooler without prepared-statement support (PgBouncer below 1.21) breaks: the
+    next transaction of the client may run on another server connection, where the statement
+    does not exist."""
+    return Settings().db_statement_cache_size
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -69,9 +113,13 @@ async def create_pool(
     max_size: int = 8,
     command_timeout: float = 30.0,
     server_settings: dict[str, str] | None = None,
+    statement_cache_size: int | None = None,
 ) -> asyncpg.Pool:
-    """Open the application pool with the project's codecs."""
+    """Open an application pool with the project's codecs (every asyncpg pool of the service
+    comes from here, so DB_STATEMENT_CACHE_SIZE applies to all of them)."""
     settings = {"application_name": "ingest", **(server_settings or {})}
+    if statement_cache_size is None:
+        statement_cache_size = configured_statement_cache_size()
     return await asyncpg.create_pool(
         dsn,
         min_size=min(min_size, max_size),
@@ -80,7 +128,15 @@ async def create_pool(
         init=init_connection,
         reset=keep_session,
         server_settings=settings,
+        statement_cache_size=statement_cache_size,
     )
+
+
+async def connect(dsn: str, **options: Any) -> asyncpg.Connection:
+    """One connection outside the pools (migrations, operator commands, the search rebuild),
+    with DB_STATEMENT_CACHE_SIZE like the pools."""
+    options.setdefault("statement_cache_size", configured_statement_cache_size())
+    return await asyncpg.connect(dsn, **options)
 
 
 @asynccontextmanager

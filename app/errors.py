@@ -103,6 +103,12 @@ class DatabaseUnavailable(IngestError):
     code = "database_unavailable"
 
 
+class DatabaseMisconfigured(DatabaseUnavailable):
+    """The database connection rejects the service's statements: a pooler or server setting."""
+
+    code = "database_misconfigured"
+
+
 class MigrationError(IngestError):
     """A migration could not be applied."""
 

@@ -11,6 +11,7 @@ so they are the same whichever worker answers.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
@@ -49,6 +50,51 @@ POOL_CONNECTIONS = Gauge(
 )
 
 
+# Label values known in advance. Each of their series exists, at 0, from the first scrape
+# (`zero_initialise`): `rate()` and `increase()` only see a counter's first increment when
+# the series existed before it, and alerts then work before any traffic.
+EVENT_OUTCOMES = ("accepted", "duplicate", "rejected")
+EVENT_REJECT_REASONS = (
+    "invalid_event",
+    "unknown_type",
+    "invalid_rule_id",
+    "invalid_user_id",
+    "invalid_idempotency_key",
+    "invalid_ts",
+    "ts_in_future",
+    "ts_too_old",
+    "invalid_ip",
+    "unknown_rule",
+    "unknown_user",
+)
+WEBHOOK_OUTCOMES = ("stored", "duplicate")  # and ("unverified", "rejected"): refused deliveries
+CRAWL_OUTCOMES = ("created", "updated", "unchanged", "rejected")
+RATE_LIMITS = ("events", "crawl")
+HTTP_ERROR_STATUSES = ("500", "503")  # what the error-rate alerts count, per route
+JOB_QUEUES = ("maintenance", "notifications", "rollup", "search", "stripe")
+JOB_STATUSES = ("todo", "doing", "failed")
+
+
+def zero_initialise(*, routes: Iterable[tuple[str, str]], stripe_types: Iterable[str]) -> None:
+    """Create every series whose label values are known, at 0 (in each worker process)."""
+    for outcome in EVENT_OUTCOMES:
+        EVENTS.labels(outcome)
+    for reason in EVENT_REJECT_REASONS:
+        EVENTS_REJECTED.labels(reason)
+    for kind in stripe_types:
+        for outcome in WEBHOOK_OUTCOMES:
+            WEBHOOKS.labels(kind, outcome)
+    WEBHOOKS.labels("unverified", "rejected")
+    for outcome in CRAWL_OUTCOMES:
+        CRAWL_ITEMS.labels(outcome)
+    for limit in RATE_LIMITS:
+        RATE_LIMITED.labels(limit)
+    for route, method in routes:
+        HTTP_LATENCY.labels(route, method)
+        for status in HTTP_ERROR_STATUSES:
+            HTTP_REQUESTS.labels(route, method, status)
+
+
 def observe_pool(pool: asyncpg.Pool) -> None:
     size = pool.get_size()
     idle = pool.get_idle_size()
@@ -65,8 +111,21 @@ async def database_gauges(
     depth = GaugeMetricFamily(
         "ingest_jobs", "Procrastinate jobs by queue and status", labels=["queue", "status"]
     )
+    jobs = {(queue, status): 0 for queue in JOB_QUEUES for status in JOB_STATUSES}
     async for row in queries.jobs_queue_depth(conn):
-        depth.add_metric([row["queue_name"], row["status"]], row["jobs"])
+        jobs[(row["queue_name"], row["status"])] = row["jobs"]
+    for (queue, status), count in sorted(jobs.items()):
+        depth.add_metric([queue, status], count)
+    waiting = GaugeMetricFamily(
+        "ingest_jobs_oldest_todo_age_seconds",
+        "Age of the oldest job due and waiting per queue (0: none waiting)",
+        labels=["queue"],
+    )
+    ages = dict.fromkeys(JOB_QUEUES, 0.0)
+    async for row in queries.metrics_oldest_todo_jobs(conn):
+        ages[row["queue_name"]] = float(row["age_s"])
+    for queue, age in sorted(ages.items()):
+        waiting.add_metric([queue], age)
     runs = await queries.metrics_rollup_runs(conn)
     last = GaugeMetricFamily(
         "ingest_rollup_last_success_timestamp_seconds",
@@ -83,9 +142,11 @@ async def database_gauges(
     failed.add_metric([], runs["failed_last_day"])
     return [
         depth,
+        waiting,
         last,
         duration,
         failed,
+        *await _stripe_inbox_gauges(conn),
         *await _rollup_freshness(conn, rollup_floor),
         *await _stripe_reconcile_families(conn),
     ]
@@ -124,6 +185,33 @@ async def _stripe_reconcile_families(conn: asyncpg.Connection) -> list[Any]:
     if state["watermark_age_s"] is not None:
         age.add_metric([], state["watermark_age_s"])
     return [recovered, age]
+
+
+async def _stripe_inbox_gauges(conn: asyncpg.Connection) -> list[GaugeMetricFamily]:
+    inbox = await queries.metrics_stripe_inbox(conn)
+    pending = GaugeMetricFamily(
+        "ingest_stripe_inbox_pending", "Stripe events stored but not applied yet"
+    )
+    pending.add_metric([], inbox["pending"])
+    age = GaugeMetricFamily(
+        "ingest_stripe_inbox_oldest_pending_age_seconds",
+        "Age of the oldest Stripe event not applied yet (0: none)",
+    )
+    age.add_metric([], float(inbox["oldest_age_s"]))
+    failing = GaugeMetricFamily(
+        "ingest_stripe_inbox_failing", "Stripe events not applied whose last attempt failed"
+    )
+    failing.add_metric([], inbox["failing"])
+    return [pending, age, failing]
+
+
+def database_up(up: bool) -> GaugeMetricFamily:
+    """1 when this scrape read the database figures, 0 when the database did not answer."""
+    family = GaugeMetricFamily(
+        "ingest_database_up", "Whether the database answered this scrape (1) or not (0)"
+    )
+    family.add_metric([], 1 if up else 0)
+    return family
 
 
 class _Static:

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 from procrastinate.schema import SchemaManager
 
-from app.db import queries
+from app.db import connect, queries
 from app.errors import ChecksumMismatch, MigrationError
 from app.settings import PROJECT_ROOT
 
@@ -119,7 +119,7 @@ async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
 
 async def migrate_url(dsn: str) -> MigrationReport:
     """Open one connection to `dsn` and migrate it."""
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         return await migrate(conn)
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import time
 from typing import Any
 
@@ -16,7 +17,8 @@ from sanic.response import HTTPResponse
 
 from app import metrics
 from app.blueprints import all_blueprints
-from app.db import UNAVAILABLE_ERRORS, create_pool
+from app.db import UNAVAILABLE_ERRORS, DatabaseFaults, create_pool
+from app.donations import HANDLED_TYPES
 from app.http import middleware, openapi
 from app.http.errors import JsonErrorHandler
 from app.logs import logging_config
@@ -29,6 +31,7 @@ APP_NAME = "ingest"
 MAX_BODY_BYTES = 5 * 1024 * 1024
 WORKER_SHUTDOWN_GRACE_S = 30.0
 WORKER_RESTART_DELAY_S = 1.0
+WORKER_SERVING_WAIT_S = 60.0  # longest wait, after the acks, for every worker to serve
 
 
 def create_app(
@@ -52,6 +55,7 @@ def create_app(
     app.config.ACCESS_LOG = False
     app.ctx.settings = settings
     app.ctx.run_worker = run_worker
+    app.ctx.database_faults = DatabaseFaults()
     app.error_handler = JsonErrorHandler()
     middleware.register(app)
     app.on_response(_count_request, priority=50)
@@ -60,7 +64,9 @@ def create_app(
     openapi.configure(app)
     app.main_process_ready(_stop_waiting_for_acks_on_shutdown)
     app.main_process_ready(_refuse_new_connections_on_shutdown)
+    app.main_process_ready(_take_sigterm_once_workers_started)
     app.before_server_start(_open_resources)
+    app.before_server_start(_zero_metrics)
     if freeze_gc:
         app.after_server_start(_freeze_startup_objects)
     app.after_server_stop(_close_resources)
@@ -116,6 +122,47 @@ def _refuse_new_connections_on_shutdown(app: Sanic) -> None:
     manager.shutdown = close_listeners_then_shutdown  # type: ignore[method-assign]
 
 
+def _take_sigterm_once_workers_started(app: Sanic) -> None:
+    """Unblock SIGTERM in the main process once every Sanic worker serves.
+
+    `ingest serve`/`ingest run` hold SIGTERM while they start (app/cli.py, `_sigterm_held`),
+    so the processes Sanic starts inherit the block: its state-sharing manager process and
+    the workers. A SIGTERM to the whole process group then reaches only the main process,
+    which stops the workers in order, as for a SIGTERM to it alone (before, the manager
+    process died at once and the main process's next look at the workers' state raised
+    BrokenPipeError). A SIGTERM that came meanwhile is delivered here, to Sanic's handler,
+    when the workers serve: not to workers still starting. (Sanic's workers ack before they
+    install their signal handlers, and briefly ignore SIGINT while they do: the SIGINT by which
+    the main process stops a worker in that window was lost, and the worker served on after
+    the main process had stopped.)
+    """
+    manager = app.manager
+    wait_for_ack = manager.wait_for_ack
+
+    def wait_for_ack_then_take_sigterm() -> None:
+        wait_for_ack()
+        deadline = time.monotonic() + WORKER_SERVING_WAIT_S
+        while not _all_serving(manager) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+    manager.wait_for_ack = wait_for_ack_then_take_sigterm  # type: ignore[method-assign]
+
+
+def _zero_metrics(app: Sanic) -> None:
+    """Every series with known label values, at 0 before the first request (app/metrics.py)."""
+    routes = {(route.path, method) for route in app.router.routes for method in route.methods}
+    metrics.zero_initialise(routes=sorted(routes), stripe_types=sorted(HANDLED_TYPES))
+
+
+def _all_serving(manager: Any) -> bool:
+    """Every server worker has its signal handlers and serves (or one died: stop waiting)."""
+    if any(not process.is_alive() for process in manager.processes):
+        return True
+    states = [state for state in manager.worker_state.values() if state.get("server")]
+    return len(states) == manager.num_server and all(s.get("serving") for s in states)
+
+
 def _count_request(request: Request, response: HTTPResponse) -> None:
     """Request count and latency by route pattern (never the raw path: unbounded labels)."""
     route = request.route.path if request.route else "unmatched"
@@ -130,12 +177,22 @@ async def _open_pool(settings: Settings) -> Any:
     max_size, timeout = settings.db_pool_max_size, settings.db_command_timeout_s
     try:
         return await create_pool(
-            dsn, min_size=settings.db_pool_min_size, max_size=max_size, command_timeout=timeout
+            dsn,
+            min_size=settings.db_pool_min_size,
+            max_size=max_size,
+            command_timeout=timeout,
+            statement_cache_size=settings.db_statement_cache_size,
         )
     except UNAVAILABLE_ERRORS:
         # Start anyway: requests answer 503 until the database is back.
         logger.warning("database unreachable at start-up; serving 503 until it answers")
-        return await create_pool(dsn, min_size=0, max_size=max_size, command_timeout=timeout)
+        return await create_pool(
+            dsn,
+            min_size=0,
+            max_size=max_size,
+            command_timeout=timeout,
+            statement_cache_size=settings.db_statement_cache_size,
+        )
 
 
 async def _open_resources(app: Sanic) -> None:
@@ -154,6 +211,9 @@ async def _open_resources(app: Sanic) -> None:
         check=AsyncConnectionPool.check_connection,
         # A defer waits no longer for a connection than a request does for an asyncpg one.
         timeout=settings.db_acquire_timeout_s,
+        # psycopg prepares a query run 5 times on a connection: with asyncpg's cache off
+        # (DB_STATEMENT_CACHE_SIZE=0, a transaction pooler), so is this.
+        kwargs={} if settings.db_statement_cache_size else {"prepare_threshold": None},
     )
     await app.ctx.jobs_pool.open(wait=False)
     app.ctx.jobs = jobs.create_app(settings.database_url or "")

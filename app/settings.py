@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=8, ge=1)
     db_acquire_timeout_s: float = Field(default=5.0, gt=0)
     db_command_timeout_s: float = Field(default=30.0, gt=0)
+    # asyncpg's prepared-statement cache per connection (asyncpg's default, 100); 0 behind a
+    # transaction pooler without prepared-statement support (PgBouncer below 1.21).
+    db_statement_cache_size: int = Field(default=100, ge=0)
     retry_after_s: int = Field(default=5, ge=1)
 
     # --- event intake and rate limiting ---

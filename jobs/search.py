@@ -20,7 +20,7 @@ from procrastinate import App, JobContext, RetryStrategy
 from procrastinate.exceptions import AlreadyEnqueued, ConnectorException
 
 from app import audit, search
-from app.db import init_connection
+from app.db import connect, init_connection
 from app.errors import DatabaseUnavailable, RebuildNotQueued
 from jobs.resources import resources_for
 
@@ -104,7 +104,7 @@ async def rebuild_search_index(
     retry_wait_s: float = SWAP_RETRY_WAIT_S,
 ) -> RebuildReport:
     """Rebuild on a connection of its own: no command timeout, since a build may be long."""
-    conn = await asyncpg.connect(
+    conn = await connect(
         dsn, command_timeout=None, server_settings={"application_name": "ingest-search-rebuild"}
     )
     try:

@@ -19,3 +19,23 @@ SELECT count(*)::int AS dirty_days,
        coalesce(extract(epoch FROM now() - min(changed_since)), 0)::float8 AS oldest_change_age_s
 FROM rollup_dirty_days
 WHERE :floor::date IS NULL OR day >= :floor::date;
+
+-- name: metrics_oldest_todo_jobs()
+-- Per queue, how long its oldest job has been due and waiting (deferred, or scheduled for a
+-- time now past): the backlog, whatever the number of jobs.
+SELECT j.queue_name,
+       extract(epoch FROM now() - min(greatest(e.at, coalesce(j.scheduled_at, e.at))))::float8
+           AS age_s
+FROM procrastinate_jobs j
+JOIN procrastinate_events e ON e.job_id = j.id AND e.type = 'deferred'
+WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+GROUP BY j.queue_name;
+
+-- name: metrics_stripe_inbox()^
+-- The webhook inbox: events stored but not applied, the oldest one's age, and how many of
+-- them failed their last attempt (partial index stripe_events_unprocessed_idx).
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(received_at)), 0)::float8 AS oldest_age_s,
+       count(*) FILTER (WHERE outcome = 'failed') AS failing
+FROM stripe_events
+WHERE processed_at IS NULL;

@@ -109,3 +109,45 @@ async def test_metrics_say_how_far_the_rollup_is_behind_the_facts(
     text = (await http.get("/metrics")).text
     assert _gauge(text, "ingest_rollup_dirty_days") == 0
     assert _gauge(text, "ingest_rollup_oldest_change_age_seconds") == 0
+
+
+def _sample(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[-1])
+
+
+async def test_metrics_report_the_stripe_inbox_and_the_oldest_waiting_job(
+    http: httpx.AsyncClient, pool: Any, proc_app: Any
+) -> None:
+    await pool.execute(
+        "INSERT INTO stripe_events (id, type, payload, received_at, processed_at, outcome) VALUES"
+        " ('evt_old', 'charge.refunded', '{}', now() - interval '10 minutes', NULL, 'failed'),"
+        " ('evt_new', 'charge.refunded', '{}', now() - interval '1 minute', NULL, NULL),"
+        " ('evt_done', 'charge.refunded', '{}', now() - interval '1 hour', now(), 'applied')"
+    )
+    job = await proc_app.configure_task("purge_old_jobs").defer_async()
+    await pool.execute(
+        "UPDATE procrastinate_events SET at = now() - interval '5 minutes' WHERE job_id = $1", job
+    )
+    await proc_app.configure_task(
+        "purge_event_state", schedule_in={"hours": 1}
+    ).defer_async()  # not due yet: no backlog
+    text = (await http.get("/metrics")).text
+    assert _sample(text, "ingest_stripe_inbox_pending") == 2
+    assert _sample(text, "ingest_stripe_inbox_failing") == 1
+    assert 600 <= _sample(text, "ingest_stripe_inbox_oldest_pending_age_seconds") < 660
+    waited = _sample(text, 'ingest_jobs_oldest_todo_age_seconds{queue="maintenance"}')
+    assert 300 <= waited < 360
+    assert 'ingest_jobs_oldest_todo_age_seconds{queue="stripe"} 0.0' in text
+    assert "ingest_database_up 1.0" in text
+
+
+async def test_metrics_say_when_the_database_does_not_answer(
+    start_server: Callable[..., Awaitable[RunningServer]],
+) -> None:
+    running = await start_server(
+        make_settings("postgresql://postgres@127.0.0.1:1/nothing", db_acquire_timeout_s=1)
+    )
+    response = await running.client.get("/metrics")
+    assert response.status_code == 200
+    assert "ingest_database_up 0.0" in response.text

@@ -12,7 +12,7 @@ from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from app import __version__
-from app.db import UNAVAILABLE_ERRORS, ping
+from app.db import MISCONFIGURATION_ERRORS, MISCONFIGURATION_HINT, UNAVAILABLE_ERRORS, ping
 from app.http.openapi import ResponseModel, json_response_of
 from app.http.render import json_response
 
@@ -24,6 +24,7 @@ HEALTH_DB_TIMEOUT_S = 2.0
 class DatabaseHealth(ResponseModel):
     reachable: bool
     latency_ms: float | None
+    error: str | None = None  # what is wrong when it answers but cannot serve
 
 
 class Health(ResponseModel):
@@ -40,11 +41,18 @@ class Health(ResponseModel):
     summary="Liveness and database reachability (no credential; browsers allowed)",
     response=[
         json_response_of(200, Health, "The service and its database answer"),
-        json_response_of(503, Health, "The database does not answer within two seconds"),
+        json_response_of(
+            503,
+            Health,
+            "The database does not answer within two seconds, or rejects the service's"
+            " statements (a pooler or server misconfiguration: `database.error` says which)",
+        ),
     ],
 )
 async def health(request: Request) -> HTTPResponse:
-    """200 when the database answers within two seconds, 503 otherwise."""
+    """200 when the database answers within two seconds and accepts the service's statements
+    (none failed as misconfigured in the last minute), 503 otherwise."""
+    faults = request.app.ctx.database_faults
     try:
         latency = await asyncio.wait_for(
             ping(request.app.ctx.pool, timeout=HEALTH_DB_TIMEOUT_S), HEALTH_DB_TIMEOUT_S
@@ -52,15 +60,17 @@ async def health(request: Request) -> HTTPResponse:
         database: dict[str, object] = {"reachable": True, "latencyMs": round(latency, 2)}
     except UNAVAILABLE_ERRORS:
         database = {"reachable": False, "latencyMs": None}
+    except MISCONFIGURATION_ERRORS as exc:
+        faults.record(exc)
+        database = {"reachable": True, "latencyMs": None}
+    if faults.recent():
+        database["error"] = MISCONFIGURATION_HINT
+    healthy = database["reachable"] and "error" not in database
     body = {
-        "status": "ok" if database["reachable"] else "degraded",
+        "status": "ok" if healthy else "degraded",
         "timestamp": datetime.now(UTC).isoformat(),
         "database": database,
         "version": __version__,
     }
-    headers = (
-        {}
-        if database["reachable"]
-        else {"retry-after": str(request.app.ctx.settings.retry_after_s)}
-    )
-    return json_response(body, status=200 if database["reachable"] else 503, headers=headers)
+    headers = {} if healthy else {"retry-after": str(request.app.ctx.settings.retry_after_s)}
+    return json_response(body, status=200 if healthy else 503, headers=headers)

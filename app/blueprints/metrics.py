@@ -43,8 +43,12 @@ async def scrape(request: Request) -> HTTPResponse:
     try:
         async with request.app.ctx.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
             floor = retention_floor_of(settings, utc_today())
-            families = await metrics.database_gauges(conn, rollup_floor=floor)
+            families = [
+                *await metrics.database_gauges(conn, rollup_floor=floor),
+                metrics.database_up(True),
+            ]
     except UNAVAILABLE_ERRORS:
-        families = []  # the process metrics are still worth serving while the database is down
+        # The process metrics are still worth serving while the database is down.
+        families = [metrics.database_up(False)]
     body, content_type = metrics.render(families)
     return HTTPResponse(body, content_type=content_type)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import asyncpg
-
 from app.commands._common import database_url
-from app.db import init_connection, queries
+from app.db import connect, init_connection, queries
 from app.errors import NotFound
 from app.settings import Settings
 
 
 async def _show(url: str, limit: int) -> None:
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)
     try:
         await init_connection(conn)
         depth = [row async for row in queries.jobs_queue_depth(conn)]
@@ -40,7 +38,7 @@ async def _retry(url: str, job_id: int) -> int:
     """Defer a fresh job with the failed job's task, arguments and locks; return its id."""
     import jobs
 
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)
     try:
         await init_connection(conn)
         job = await queries.jobs_get(conn, job_id=job_id)

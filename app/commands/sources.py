@@ -18,7 +18,7 @@ import asyncpg
 from app import audit
 from app.commands._common import database_url
 from app.crawl import CrawlSource, assign_curator, list_sources, register_source
-from app.db import init_connection
+from app.db import connect, init_connection
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ def _actor() -> str:
 
 
 async def _in_transaction(url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)
     try:
         await init_connection(conn)
         async with conn.transaction():

@@ -10,8 +10,8 @@ from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse
 
-from app.db import UNAVAILABLE_ERRORS
-from app.errors import BrowserForbidden, DatabaseUnavailable, IngestError
+from app.db import MISCONFIGURATION_ERRORS, MISCONFIGURATION_HINT, UNAVAILABLE_ERRORS
+from app.errors import BrowserForbidden, DatabaseMisconfigured, DatabaseUnavailable, IngestError
 from app.http.render import json_response
 
 logger = logging.getLogger("ingest.http")
@@ -58,7 +58,10 @@ class JsonErrorHandler(ErrorHandler):
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
         headers: dict[str, str] = {}
         details: list[Any] = []
-        if isinstance(exception, UNAVAILABLE_ERRORS) and not isinstance(exception, IngestError):
+        if isinstance(exception, MISCONFIGURATION_ERRORS):
+            request.app.ctx.database_faults.record(exception)  # logged once, /health goes red
+            exception = DatabaseMisconfigured(MISCONFIGURATION_HINT)
+        elif isinstance(exception, UNAVAILABLE_ERRORS) and not isinstance(exception, IngestError):
             exception = DatabaseUnavailable()
         if isinstance(exception, IngestError):
             status, code, message = exception.status, exception.code, exception.message
@@ -81,7 +84,7 @@ class JsonErrorHandler(ErrorHandler):
             status, code, message = 500, "internal_error", "internal error"
         if status == 503:
             headers.setdefault("retry-after", str(request.app.ctx.settings.retry_after_s))
-        if status >= 500:
+        if status >= 500 and not isinstance(exception, DatabaseMisconfigured):
             logger.error(
                 "request failed",
                 exc_info=exception if status == 500 else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import signal
@@ -15,11 +16,12 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import free_port
 from tests.factories import create_rule
-from tests.faults.conftest import reap
+from tests.faults.conftest import CLUSTER_USER, reap
 
 INGEST = str(Path(sys.executable).parent / "ingest")
 
@@ -239,3 +241,189 @@ async def test_sigterm_during_load_finishes_in_flight_work_then_stops_cleanly(
         " the running rollup job succeeded;"
         " exit 0, cluster shut down cleanly"
     )
+
+
+# Local mode from a crashed data folder. Each case crashes a first `ingest run` after one
+# acknowledged event, starts a second one on the same folder, and stops it with a SIGTERM to its
+# whole process group (as a terminal, systemd or a supervisor sends it).
+
+CRASHES = ("service_and_cluster", "service_only", "stale_pid_of_a_live_process")
+
+
+def _start_local(data: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [INGEST, "run"],
+        env=_env(
+            PYTHONUNBUFFERED="1",  # each line as it is printed
+            INGEST_DATA_DIR=str(data),
+            PORT=str(port),
+            LOG_LEVEL="WARNING",
+            INGEST_APP_TOKEN="t-crash",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _postmaster(pgdata: Path) -> psutil.Process:
+    return psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+
+
+def _power_cut(postmaster: psutil.Process) -> None:
+    """SIGKILL the server and every backend at once, as a power cut or the OOM killer does."""
+    processes = [postmaster, *postmaster.children(recursive=True)]
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(processes, timeout=10)
+
+
+def _hand_lock_files_to(pgdata: Path, pid: int) -> None:
+    """What a reboot leaves: lock files whose PID now names some other live process."""
+    for lock in (pgdata / "postmaster.pid", pgdata / ".s.PGSQL.5432.lock"):
+        lines = lock.read_text().splitlines(keepends=True)
+        with lock.open("r+") as f:  # in place: the cluster user keeps owning the file
+            f.write("".join([f"{pid}\n", *lines[1:]]))
+            f.truncate()
+
+
+def _live_process_of_the_cluster_user() -> subprocess.Popen[bytes]:
+    """A process of the user the cluster runs as: PostgreSQL itself then takes the lock files
+    as live and refuses to start, unlike with another user's process."""
+    user = CLUSTER_USER if os.geteuid() == 0 else None
+    return subprocess.Popen(["sleep", "300"], user=user)
+
+
+def _gone(process: psutil.Process) -> bool:
+    """Exited (a zombie is exited: the cluster's parent is whichever process reaps orphans)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def _count_events(data: Path) -> int:
+    conn = await asyncpg.connect((data / "database_url").read_text().strip())
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM events"))
+    finally:
+        await conn.close()
+
+
+async def _acknowledged_event(data: Path, url: str) -> None:
+    conn = await asyncpg.connect((data / "database_url").read_text().strip())
+    try:
+        rule = await create_rule(conn)
+    finally:
+        await conn.close()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        answer = await client.post(
+            "/ingest/events",
+            json={"events": [{"type": "SAVE", "ruleId": rule}]},
+            headers={"x-app-token": "t-crash"},
+        )
+    assert answer.status_code == 202, answer.text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("crash", CRASHES)
+async def test_local_mode_starts_and_stops_cleanly_from_a_crashed_data_folder(
+    cluster_tmp: Path, crash: str
+) -> None:
+    data, port = cluster_tmp / "data", free_port()
+    pgdata, url = data / "pg", f"http://127.0.0.1:{port}"
+    first = _start_local(data, port)
+    bystander: subprocess.Popen[bytes] | None = None
+    second: subprocess.Popen[str] | None = None
+    bystander_survived = False
+    try:
+        await asyncio.to_thread(_wait_healthy, url, first)
+        await _acknowledged_event(data, url)
+        crashed_server = _postmaster(pgdata)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate(timeout=30)
+        if crash != "service_only":
+            _power_cut(crashed_server)
+        if crash == "stale_pid_of_a_live_process":
+            bystander = _live_process_of_the_cluster_user()
+            _hand_lock_files_to(pgdata, bystander.pid)
+
+        started = time.monotonic()
+        second = _start_local(data, port)
+        await asyncio.to_thread(_wait_healthy, url, second, 90)
+        restart_s = time.monotonic() - started
+        server = _postmaster(pgdata)
+        assert await _count_events(data) == 1  # the acknowledged event survived the crash
+        os.killpg(second.pid, signal.SIGTERM)
+        output, _ = await asyncio.to_thread(second.communicate, timeout=90)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                reap(proc, pgdata)
+        if bystander is not None and bystander.poll() is None:
+            bystander.kill()
+            bystander.wait()
+            bystander_survived = True
+    assert second.returncode == 0, output
+    assert "Traceback" not in output and "BrokenPipeError" not in output, output
+    assert "embedded PostgreSQL stopped" in output
+    assert not (pgdata / "postmaster.pid").exists()
+    assert _gone(server), "the cluster was left running"
+    if crash == "service_only":
+        assert server.pid == crashed_server.pid  # adopted, not a second server on the folder
+    if bystander is not None:
+        assert bystander_survived  # its PID was in the lock files: it must not be signalled
+        assert "removing a stale lock file" in output
+    print(f"\nlocal mode after a crash ({crash}): healthy again in {restart_s:.1f} s, exit 0")
+
+
+def test_a_second_local_run_on_the_same_data_folder_is_refused(cluster_tmp: Path) -> None:
+    from app import local
+
+    data = cluster_tmp / "data"
+    data.mkdir()
+    with local.own_data_dir(data):
+        result = subprocess.run(
+            [INGEST, "run"],
+            env=_env(INGEST_DATA_DIR=str(data), PORT=str(free_port())),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result
+    assert f"another `ingest run` (PID {os.getpid()}) is using {data}" in result.stderr
+    assert not (data / "pg").exists()  # refused before touching the cluster
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("moment", ["starting embedded PostgreSQL", "serving on"])
+def test_sigterm_to_the_process_group_during_start_up_stops_cleanly(
+    cluster_tmp: Path, moment: str
+) -> None:
+    """A group SIGTERM while the cluster starts, or while the app loads and Sanic starts its
+    processes (before this, an exit 130 with a KeyboardInterrupt unwound from an import)."""
+    data = cluster_tmp / "data"
+    proc = _start_local(data, free_port())
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if moment in line:
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+        else:
+            raise AssertionError(f"never printed {moment!r}: {''.join(lines)}")
+        rest, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.returncode is None:
+            reap(proc, data / "pg")
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert "embedded PostgreSQL stopped" in output
+    assert not (data / "pg" / "postmaster.pid").exists()
