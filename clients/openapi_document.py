@@ -30,6 +30,7 @@ def _closed_port() -> int:
 
 
 async def live_document() -> dict[str, Any]:
+    from pydantic import SecretStr
     from sanic import Sanic
 
     from app.server import create_app
@@ -39,9 +40,10 @@ async def live_document() -> dict[str, Any]:
     logging.disable(logging.ERROR)  # the unreachable database's start-up warnings
     settings = Settings(
         database_url=f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres",
-        ingest_app_token="unused",  # noqa: S106 (a placeholder: no request is authenticated)
-        cron_secret="unused",  # noqa: S106
-        stripe_webhook_secret="whsec_unused",  # noqa: S106
+        # placeholders: no request of this run is authenticated
+        ingest_app_token=SecretStr("unused"),
+        cron_secret=SecretStr("unused"),
+        stripe_webhook_secret=SecretStr("whsec_unused"),
         log_level="ERROR",
     )
     app = create_app(settings, configure_logging=False)
