@@ -74,7 +74,7 @@ async def test_429_is_retried_after_retry_after(
     assert run.returncode == 0, run.output
     keys = await stored_keys(db_url)
     assert set(keys) == set(run.report["keys"]) and set(keys.values()) == {1}
-    assert len(keys) == 62
+    assert len(keys) == 64
 
 
 async def test_a_batch_whose_answer_was_lost_is_stored_once(
