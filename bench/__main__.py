@@ -165,7 +165,9 @@ def main() -> int:
                     db_url, workers=WORKERS, pool_size=POOL, log_dir=work_dir
                 ) as svc:
                     measure_ingest(db_url, svc, results)
-                    clients.measure(svc, db_url, results, rules=RULES, seconds=SECONDS)
+                    clients.measure(
+                        svc, db_url, results, rules=RULES, seconds=SECONDS, rounds=ROUNDS
+                    )
                     measure_other_intake(db_url, svc, work_dir, results)
             measure_rollups(admin_url, results)
     finally:

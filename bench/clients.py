@@ -1,7 +1,7 @@
 """`make bench`, client section: events/s pushed through each client's `track()` against the
-same service, as a ratio of the wrk ingest figure of the same run (batches of 100, 64
-connections). Both clients send every event with an idempotency key (the wrk script keys 10%
-of them), as callers using them do.
+same service, as a ratio of the wrk ingest figure (batches of 100, 64 connections) measured in
+rounds alternating with them. Both clients send every event with an idempotency key (the wrk
+script keys 10% of them), as callers using them do.
 
 The TypeScript client runs in its own Node process (bench/clients_track.mjs); the Python client
 in this one. The figure is events stored per second, counted in the database as the wrk
@@ -117,23 +117,54 @@ def _rates(figures: dict[str, Any], stored: int) -> dict[str, Any]:
     return figures
 
 
-def measure(svc: Service, db_url: str, out: dict[str, Any], *, rules: int, seconds: int) -> None:
-    """Both clients, one after the other; ratios against `out["ingest_events_per_s"]`'s source
-    (the wrk figure of batches of 100 at 64 connections of this run)."""
-    wrk = out["batch100_c64"]["events_stored_per_s"]
+def _combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one client as one: stored events over the summed time."""
+    duration = sum(r["duration_s"] for r in rounds)
+    out = {key: sum(r[key] for r in rounds) for key in ("stored", "delivered", "failed", "dropped")}
+    out["duration_s"] = duration
+    out["rounds"] = len(rounds)
+    out["events_stored_per_s"] = out["stored"] / duration
+    out["client_cpu_ms_per_batch"] = sum(r["client_cpu_ms_per_batch"] for r in rounds) / len(rounds)
+    return out
+
+
+def measure(
+    svc: Service, db_url: str, out: dict[str, Any], *, rules: int, seconds: int, rounds: int
+) -> None:
+    """Rounds of wrk (batches of 100, 64 connections), the TypeScript client and the Python
+    client, one after the other, so that a neighbour's load lands on all three; each client's
+    ratio is against the wrk rounds of this section."""
+    from bench.ingest import http_batches
+
     problem = build_typescript_client()
-    if problem is None:
-        print(f"\n== TypeScript client track(), {IN_FLIGHT} batches in flight, {seconds}s")
-        out["client_typescript"] = typescript_track(svc, db_url, rules=rules, seconds=seconds)
-        out["client_typescript_vs_wrk"] = out["client_typescript"]["events_stored_per_s"] / wrk
-        print(json.dumps(out["client_typescript"]))
-    else:
+    if problem is not None:
         print(f"\n== TypeScript client: not measured ({problem})")
         out["client_typescript_error"] = problem
-    print(f"\n== Python client track(), {IN_FLIGHT} batches in flight, {seconds}s")
-    out["client_python"] = python_track(svc, db_url, rules=rules, seconds=seconds)
-    out["client_python_vs_wrk"] = out["client_python"]["events_stored_per_s"] / wrk
-    print(json.dumps(out["client_python"]))
+    slice_s = max(1, seconds // rounds)
+    wrk, ts, py = [], [], []
+    for n in range(1, rounds + 1):
+        print(f"\n== clients, round {n}/{rounds}: wrk, then each client's track(), {slice_s}s each")
+        wrk.append(http_batches(svc, db_url, rules=rules, connections=64, seconds=slice_s))
+        if problem is None:
+            ts.append(typescript_track(svc, db_url, rules=rules, seconds=slice_s))
+        py.append(python_track(svc, db_url, rules=rules, seconds=slice_s))
+        print(
+            json.dumps(
+                {
+                    "wrk": wrk[-1]["events_stored_per_s"],
+                    "typescript": ts[-1] if ts else None,
+                    "python": py[-1],
+                }
+            )
+        )
+    duration = sum(r["duration_s"] for r in wrk)
+    out["clients_wrk_events_per_s"] = (
+        sum(r["events_stored_per_s"] * r["duration_s"] for r in wrk) / duration
+    )
+    for key, runs in (("client_typescript", ts), ("client_python", py)):
+        if runs:
+            out[key] = _combine(runs)
+            out[f"{key}_vs_wrk"] = out[key]["events_stored_per_s"] / out["clients_wrk_events_per_s"]
 
 
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
@@ -146,7 +177,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(
                 (
                     f"{name} client `track()`, {IN_FLIGHT} batches of 100 in flight",
-                    f"{figure:,.0f} events/s, **{ratio:.2f} x** wrk{target}",
+                    f"{figure:,.0f} events/s, **{ratio:.2f} x** wrk "
+                    f"({r['clients_wrk_events_per_s']:,.0f}){target}",
                 )
             )
         elif f"{key}_error" in r:

@@ -238,14 +238,20 @@ class IngestClient:
         try:
             await self._deliver(batch, batch.events)
         except asyncio.CancelledError:
-            for event in batch.events[batch.reported :]:
-                self._report(EventResult(event, "failed", error=IngestClosedError()))
+            self._fail_rest(batch, IngestClosedError())
             raise
+        except Exception as exc:  # a bug must not lose the events silently: report them
+            self._fail_rest(batch, IngestError(f"{type(exc).__name__}: {exc}"))
         finally:
             self._in_flight.discard(batch)
             self.stats.in_flight_batches = len(self._in_flight)
             self._settle_waiters()
             self._pump()
+
+    def _fail_rest(self, batch: _Batch, error: IngestError) -> None:
+        for event in batch.events[batch.reported :]:
+            self._report(EventResult(event, "failed", error=error))
+        batch.reported = len(batch.events)
 
     def _settle_waiters(self) -> None:
         pending = [b.first_seq for b in self._in_flight] + [s for s, _ in self._queue[:1]]
@@ -411,9 +417,12 @@ class IngestClient:
             )
         except httpx.TransportError as exc:
             return _Answer(error=IngestNetworkError(f"request failed: {exc!r}"))
-        if response.status_code in accept:
+        if response.status_code not in accept:
+            return _Answer(error=_http_error(response))
+        try:
             return _Answer(response.json())
-        return _Answer(error=_http_error(response))
+        except ValueError:
+            return _Answer(error=IngestNetworkError(f"answer {response.status_code} is not JSON"))
 
     def _delay_s(self, error: IngestError, attempt: int) -> float:
         """`Retry-After` when the service gave one, else exponential backoff with jitter."""
