@@ -2,7 +2,8 @@
 
 Starts the service in this process on a free loopback port, reads `GET /openapi.json` as a
 caller would, and writes it with sorted keys so that a change of the document is a readable
-diff. The document needs no database: the server points at a closed port and never connects.
+diff. The document needs no database: the server is pointed at a closed port and starts
+anyway, as it does during an outage.
 """
 
 from __future__ import annotations
