@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check rules bench bench-smoke migrate clean
+.PHONY: run test lint typecheck check rules bench bench-smoke migrate clean clients-types
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ bench: $(STAMP)
 ## The same sections at toy sizes (about a minute): checks that the benchmark still runs.
 bench-smoke: $(STAMP)
 	BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_RULES=500 BENCH_ROLLUP_EVENTS=30000 $(BIN)/python -m bench
+
+## After a change of the API: write the live /openapi.json to clients/openapi.json and
+## regenerate the TypeScript client's types from it (needs Node 20+ and npm).
+clients-types: $(STAMP) clients/typescript/node_modules/.package-lock.json
+	$(BIN)/python clients/openapi_document.py clients/openapi.json
+	cd clients/typescript && npm run --silent types
+
+clients/typescript/node_modules/.package-lock.json: clients/typescript/package-lock.json
+	cd clients/typescript && npm ci --no-audit --no-fund
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import crawl, harness, ingest, webhooks
+from bench import clients, crawl, harness, ingest, webhooks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RULES = int(os.environ.get("BENCH_RULES", "10000"))
@@ -171,6 +171,9 @@ def main() -> int:
                     db_url, workers=WORKERS, pool_size=POOL, log_dir=work_dir
                 ) as svc:
                     measure_ingest(db_url, svc, results)
+                    clients.measure(
+                        svc, db_url, results, rules=RULES, seconds=SECONDS, rounds=ROUNDS
+                    )
                     measure_other_intake(db_url, svc, work_dir, results)
             measure_rollups(admin_url, results)
     finally:
@@ -222,6 +225,7 @@ def table(r: dict[str, Any]) -> str:
             f"{r['webhook_deliveries_per_s']:,.0f} deliveries/s",
         ),
         ("crawl import, batches of 200, 8 connections", f"{r['crawl_items_per_s']:,.0f} items/s"),
+        *clients.table_rows(r),
     ]
     if r.get("rollup_error"):
         rows.append(("full 30-day rollup", f"not measured: {r['rollup_error'][:80]}"))

@@ -50,3 +50,15 @@ def test_cpu_ratio_is_absent_when_backends_are_not_visible() -> None:
     derive(r)
     assert r["ingest_vs_raw_cpu"] is None
     assert "CPU per batch" not in table(r)
+
+
+def test_client_rows_show_each_client_against_wrk_or_why_not() -> None:
+    r = _results(backends_visible=True)
+    derive(r)
+    r["client_python"] = {"events_stored_per_s": 21_000.0}
+    r["client_python_vs_wrk"] = 0.7
+    r["clients_wrk_events_per_s"] = 30_000.0
+    r["client_typescript_error"] = "node not found"
+    text = table(r)
+    assert "21,000 events/s, **0.70 x** wrk (30,000)" in text
+    assert "TypeScript client `track()` | not measured: node not found" in text

@@ -1,0 +1,25 @@
+export {
+  IngestClient,
+  MAX_BATCH,
+  MAX_BODY_BYTES,
+  type ClientOptions,
+  type ClientStats,
+  type CloseOptions,
+  type CrawlBatch,
+  type CrawlItem,
+  type CrawlReport,
+  type EventIngestReport,
+  type EventResult,
+  type EventStatus,
+  type EventType,
+  type Health,
+  type JobQueued,
+  type RollupDryRun,
+  type RollupRequest,
+  type SearchParams,
+  type SearchResults,
+  type SentEvent,
+  type TrackEvent,
+} from "./client.js";
+export { IngestClosedError, IngestError, IngestHttpError, IngestNetworkError, isRetriableStatus } from "./errors.js";
+export type { components, paths } from "./schema.js";
