@@ -29,6 +29,7 @@ class EventIngestReport(TypedDict):
 class DatabaseHealth(TypedDict):
     reachable: bool
     latencyMs: float | None
+    error: NotRequired[str | None]
 
 
 class Health(TypedDict):
@@ -99,6 +100,7 @@ class RollupDryRun(TypedDict):
     stageMs: float
     applyMs: float
     top: list[dict[str, Any]]
+    reasons: dict[str, list[str]]
 
 
 class SearchHit(TypedDict):

@@ -26,17 +26,25 @@ export const MAX_BATCH = 500;
 export const MAX_BODY_BYTES = 1024 * 1024;
 
 /** One event as `track()` takes it: the service's `Event`, with `ts` also as a `Date`. */
-export type TrackEvent = Omit<Schemas["Event"], "ts"> & { ts?: string | Date | null };
+// Picked, not omitted: the document lets an event carry other fields (ignored), so `Event`
+// has an index signature, and Omit over it would lose the named fields' types.
+type EventFields = Pick<Schemas["Event"], "type" | "ruleId" | "userId">;
+export type TrackEvent = EventFields & {
+  ts?: string | Date | null;
+  ip?: string | null;
+  idempotencyKey?: string | null;
+};
 /** An event as it was sent: `ts` as ISO-8601 text, `idempotencyKey` always set. */
-export type SentEvent = Omit<Schemas["Event"], "ts" | "idempotencyKey"> & {
+export type SentEvent = EventFields & {
   ts?: string | null;
+  ip?: string | null;
   idempotencyKey: string;
 };
 
 /**
  * What became of one event.
  * - `accepted`: stored; `duplicate`: the service already had it (its key was stored by an
- *   earlier attempt or event, or a VIEW inside the service's 10-minute window);
+ *   earlier attempt or event: the service stores every other valid event);
  * - `accepted_or_duplicate`: one of the two (a batch whose answer had both, and the service
  *   counts them per batch);
  * - `rejected`: the service refused this event (`reason`: `unknown_rule`, `ts_too_old`, ...);
