@@ -137,17 +137,15 @@ def register(app: App) -> None:
         retry=RetryUnlessInvalid(max_attempts=5, exponential_wait=4),
     )(run_rollup_task)
     app.periodic(cron=NIGHTLY_CRON, periodic_id="nightly_rollup")(task)
-    refresh = app.task(
-        name=REFRESH_TASK,
-        pass_context=True,
-        queue=QUEUE,
-        lock=ROLLUP_LOCK,
-        queueing_lock=REFRESH_TASK,
-        retry=RetryUnlessInvalid(max_attempts=3, exponential_wait=4),
-    )(rollup_refresh)
+    refresh = _refresh_task(app, REFRESH_TASK)
     app.periodic(cron=REFRESH_CRON, periodic_id="rollup_refresh")(refresh)
-    app.task(
-        name=BACKFILL_TASK,
+    _refresh_task(app, BACKFILL_TASK)  # the older name, for existing scripts: not scheduled
+
+
+def _refresh_task(app: App, name: str) -> Any:
+    """The refresh under `name`: never beside a rollup (`lock`), one waiting at most."""
+    return app.task(
+        name=name,
         pass_context=True,
         queue=QUEUE,
         lock=ROLLUP_LOCK,
