@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from app.db import queries
+from app.sql import queries
 
 
 async def record(

@@ -30,9 +30,9 @@ from pydantic import (
 )
 
 from app import audit, metrics
-from app.db import queries
 from app.errors import BadRequest, NotFound, SourceNameTaken, SourceWithoutCurator, UnknownSource
 from app.events import ID_PATTERN
+from app.sql import queries
 
 MAX_ITEMS = 200
 MAX_BODY_BYTES = 5 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Connections: the asyncpg pool, its codecs, and the named queries from `sql/`."""
+"""Connections: the asyncpg pools, their codecs, and the unit-of-work runner."""
 
 from __future__ import annotations
 
@@ -9,19 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiosql
 import asyncpg
 import orjson
 from procrastinate.exceptions import ConnectorException
 
 from app.errors import DatabaseUnavailable
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import Settings
 
-SQL_DIR = PROJECT_ROOT / "sql"
 logger = logging.getLogger("ingest.db")
-
-# Named queries, loaded once. Code refers to them by name only (`queries.insert_events`).
-queries: Any = aiosql.from_path(SQL_DIR, "asyncpg")
 
 # Errors that mean "the database cannot be reached right now", as opposed to a bad query.
 # InternalClientError: a pooled connection lost mid-operation (the server stopped) is left in a

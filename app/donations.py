@@ -17,8 +17,8 @@ from typing import Any
 
 import asyncpg
 
-from app.db import queries
 from app.errors import StripeEventUnmapped
+from app.sql import queries
 
 MAX_REF_LENGTH = 200
 

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
 from app.client_ip import IpHasher
-from app.db import UNAVAILABLE_ERRORS, queries
+from app.db import UNAVAILABLE_ERRORS
 from app.errors import DatabaseUnavailable, ValidationFailed
+from app.sql import queries
 
 MAX_EVENTS = 500
 MAX_BODY_BYTES = 1024 * 1024

@@ -27,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from app.db import queries
+from app.sql import queries
 
 HTTP_REQUESTS = Counter(
     "ingest_http_requests_total", "HTTP requests answered", ["route", "method", "status"]

@@ -15,9 +15,10 @@ from pathlib import Path
 import asyncpg
 from procrastinate.schema import SchemaManager
 
-from app.db import connect, queries
+from app.db import connect
 from app.errors import ChecksumMismatch, MigrationError
 from app.settings import PROJECT_ROOT
+from app.sql import queries
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 _FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 
 import asyncpg
 
-from app.db import queries
+from app.sql import queries
 
 # How far back each run looks. Longer than the gap between two runs, so a run that was
 # missed (worker down) is caught up by the next; the unique key prevents repeats.

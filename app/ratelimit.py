@@ -19,7 +19,7 @@ from typing import Protocol
 
 import asyncpg
 
-from app.db import queries
+from app.sql import queries
 
 # A memory store holding more buckets than this drops the idle (already full) ones.
 MEMORY_MAX_BUCKETS = 10_000

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from app.db import queries
+from app.sql import queries
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

@@ -20,7 +20,7 @@ import orjson
 import stripe
 
 from app import audit, donations
-from app.db import UNAVAILABLE_ERRORS, queries, transaction
+from app.db import UNAVAILABLE_ERRORS, transaction
 from app.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -29,6 +29,7 @@ from app.errors import (
     StripeSignatureInvalid,
 )
 from app.http.auth import fingerprint
+from app.sql import queries
 
 logger = logging.getLogger("ingest.stripe")
 

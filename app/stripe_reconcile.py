@@ -25,7 +25,7 @@ import stripe
 from stripe.params import EventListParams, EventListParamsCreated
 
 from app import audit, donations, stripe_inbox
-from app.db import queries, transaction
+from app.db import transaction
 from app.errors import (
     BadRequest,
     ConfigurationError,
@@ -36,6 +36,7 @@ from app.errors import (
 )
 from app.http.auth import fingerprint
 from app.settings import Settings
+from app.sql import queries
 
 logger = logging.getLogger("ingest.stripe.reconcile")
 

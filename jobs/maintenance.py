@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from procrastinate import App, JobContext, RetryStrategy, exceptions
 from procrastinate.jobs import Job, Status
 
-from app.db import queries
+from app.sql import queries
 from jobs.resources import resources_for
 
 logger = logging.getLogger("ingest.jobs.maintenance")

@@ -6,7 +6,7 @@ import re
 
 import asyncpg
 
-from app.db import SQL_DIR
+from app.sql import SQL_DIR
 
 # Session-level state a pooled connection would carry to its next user.
 SESSION_STATE = [

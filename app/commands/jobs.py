@@ -6,9 +6,10 @@ import argparse
 import asyncio
 
 from app.commands._common import database_url
-from app.db import connect, init_connection, queries
+from app.db import connect, init_connection
 from app.errors import NotFound
 from app.settings import Settings
+from app.sql import queries
 
 
 async def _show(url: str, limit: int) -> None:

@@ -19,9 +19,10 @@ import asyncpg
 
 from app import rollup
 from app.commands._common import database_url
-from app.db import create_pool, queries
+from app.db import create_pool
 from app.rollup.plan import dirty_days
 from app.settings import Settings
+from app.sql import queries
 
 STATUS_RUNS = 5
 

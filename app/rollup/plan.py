@@ -18,8 +18,8 @@ from enum import StrEnum
 
 import asyncpg
 
-from app.db import queries
 from app.rollup.config import RollupConfig, retention_floor
+from app.sql import queries
 
 
 class Reason(StrEnum):

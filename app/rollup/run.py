@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from app import audit
-from app.db import create_pool, queries
+from app.db import create_pool
 from app.rollup.config import DRY_RUN_TOP, RollupConfig, utc_today, window
 from app.rollup.plan import Reason, RollupPlan, plan_rollup
 from app.rollup.report import DayResult, RollupReport, report_details
@@ -52,6 +52,7 @@ from app.rollup.store import (
     top_entries,
 )
 from app.settings import Settings
+from app.sql import queries
 
 logger = logging.getLogger("ingest.rollup")
 

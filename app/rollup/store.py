@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from app.db import queries
 from app.rollup.config import VIEW_CAP, RollupConfig
 from app.rollup.report import DayResult
+from app.sql import queries
 
 # With a standby for the events: how long an intake or Stripe transaction may take from its start
 # to its commit (its statements time out after DB_COMMAND_TIMEOUT_S, 30 s by default), so that

@@ -10,8 +10,8 @@ import ast
 import inspect
 from pathlib import Path
 
-from app.db import queries
 from app.settings import PROJECT_ROOT
+from app.sql import queries
 
 CODE_DIRS = ("app", "jobs", "bench")
 
