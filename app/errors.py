@@ -1,18 +1,39 @@
 """The service's errors. Each class's docstring is its default message.
 
-The data layer raises these; only `app.http.errors` turns them into HTTP responses, so nothing
-below the handlers imports Sanic.
+Every error has a stable `code` (the wire's `error.code`) and a `kind` that says what went
+wrong in the domain's terms: the input can never succeed, something named does not exist, it
+conflicts with what is stored, a dependency is unavailable, or an internal fault. Only
+`app.http.errors` turns a kind into an HTTP status; the job retry policy (`jobs/resources.py`)
+reads the kind too: retrying cannot help a job whose arguments are invalid. Nothing here
+imports Sanic.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class Kind(StrEnum):
+    """What an error means, independent of how it is reported."""
+
+    INVALID = "invalid"  # the input is wrong: the same call can never succeed
+    UNAUTHENTICATED = "unauthenticated"  # missing or wrong credentials
+    NOT_FOUND = "not_found"  # it names something that does not exist
+    CONFLICT = "conflict"  # it contradicts what is stored
+    UNAVAILABLE = "unavailable"  # a dependency cannot answer now: retry later
+    INTERNAL = "internal"  # a fault of the service or its configuration
+
+    @property
+    def retriable(self) -> bool:
+        """Whether the same call may succeed later."""
+        return self in (Kind.UNAVAILABLE, Kind.INTERNAL)
 
 
 class IngestError(Exception):
     """Internal error."""
 
-    status: int = 500
+    kind: Kind = Kind.INTERNAL
     code: str = "internal_error"
 
     def __init__(
@@ -37,7 +58,7 @@ class ConfigurationError(IngestError):
 class BadRequest(IngestError):
     """The request is malformed."""
 
-    status = 400
+    kind = Kind.INVALID
     code = "bad_request"
 
 
@@ -50,56 +71,21 @@ class ValidationFailed(BadRequest):
 class Unauthorized(IngestError):
     """Missing or invalid credentials."""
 
-    status = 401
+    kind = Kind.UNAUTHENTICATED
     code = "unauthorized"
-
-
-class BrowserForbidden(IngestError):
-    """Browser requests are not accepted: this is a server-to-server API."""
-
-    status = 403
-    code = "browser_forbidden"
 
 
 class NotFound(IngestError):
     """Not found."""
 
-    status = 404
+    kind = Kind.NOT_FOUND
     code = "not_found"
-
-
-class MethodNotAllowed(IngestError):
-    """Method not allowed on this path."""
-
-    status = 405
-    code = "method_not_allowed"
-
-
-class PayloadTooLarge(IngestError):
-    """The request body is too large."""
-
-    status = 413
-    code = "payload_too_large"
-
-
-class UnsupportedMediaType(IngestError):
-    """The request body must be JSON (Content-Type: application/json)."""
-
-    status = 415
-    code = "unsupported_media_type"
-
-
-class RateLimited(IngestError):
-    """Too many requests; retry later."""
-
-    status = 429
-    code = "rate_limited"
 
 
 class DatabaseUnavailable(IngestError):
     """The database is unavailable; retry later."""
 
-    status = 503
+    kind = Kind.UNAVAILABLE
     code = "database_unavailable"
 
 
@@ -130,21 +116,21 @@ class UnknownSource(NotFound):
 class SourceWithoutCurator(IngestError):
     """The crawl source has no curator to author its rules; an operator must assign one."""
 
-    status = 409
+    kind = Kind.CONFLICT
     code = "source_without_curator"
 
 
 class SourceNameTaken(IngestError):
     """A crawl source with this name already exists."""
 
-    status = 409
+    kind = Kind.CONFLICT
     code = "source_name_taken"
 
 
 class RebuildNotQueued(IngestError):
     """The search rebuild could not be queued; retry shortly."""
 
-    status = 503
+    kind = Kind.UNAVAILABLE
     code = "rebuild_not_queued"
 
 
@@ -187,5 +173,5 @@ class StripeApiRequestRefused(ConfigurationError):
 class StripeApiUnavailable(IngestError):
     """Stripe's API is rate limiting or failing; the reconciliation is retried later."""
 
-    status = 503
+    kind = Kind.UNAVAILABLE
     code = "stripe_api_unavailable"

@@ -20,12 +20,12 @@ from app.settings import Settings
 
 
 class RetryUnlessInvalid(RetryStrategy):
-    """Procrastinate's retry strategy, except for a job whose arguments are wrong (an
-    `IngestError` with a 4xx status, such as a malformed date deferred from a shell): running it
-    again cannot succeed, so it fails at once instead of after every back-off."""
+    """Procrastinate's retry strategy, except for an error whose kind says that running the job
+    again cannot succeed (arguments that are invalid or name nothing, such as a malformed date
+    deferred from a shell): it fails at once instead of after every back-off."""
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        if isinstance(exception, IngestError) and exception.status < 500:
+        if isinstance(exception, IngestError) and not exception.kind.retriable:
             return None
         return super().get_retry_decision(exception=exception, job=job)
 

@@ -11,7 +11,8 @@ from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse
 
 from app.db import MISCONFIGURATION_ERRORS, MISCONFIGURATION_HINT, UNAVAILABLE_ERRORS
-from app.errors import BrowserForbidden, DatabaseMisconfigured, DatabaseUnavailable, IngestError
+from app.errors import DatabaseMisconfigured, DatabaseUnavailable, IngestError, Kind
+from app.http.exceptions import BrowserForbidden, HttpRefusal
 from app.http.render import json_response
 
 logger = logging.getLogger("ingest.http")
@@ -29,6 +30,24 @@ _SANIC_CODES = {
 HEADERS_TOO_LARGE = 431
 # nginx's code for "the client closed the connection before the answer": nobody reads it.
 CLIENT_CLOSED = 499
+
+
+# The one place where what an error means becomes an HTTP status.
+STATUS_OF_KIND = {
+    Kind.INVALID: 400,
+    Kind.UNAUTHENTICATED: 401,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.UNAVAILABLE: 503,
+    Kind.INTERNAL: 500,
+}
+
+
+def status_of(error: IngestError) -> int:
+    """The HTTP status of a service error: an edge refusal's own, else its kind's."""
+    if isinstance(error, HttpRefusal):
+        return error.status
+    return STATUS_OF_KIND[error.kind]
 
 
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
@@ -64,7 +83,7 @@ class JsonErrorHandler(ErrorHandler):
         elif isinstance(exception, UNAVAILABLE_ERRORS) and not isinstance(exception, IngestError):
             exception = DatabaseUnavailable()
         if isinstance(exception, IngestError):
-            status, code, message = exception.status, exception.code, exception.message
+            status, code, message = status_of(exception), exception.code, exception.message
             details, headers = exception.details, dict(exception.headers)
         elif isinstance(exception, RequestCancelled):
             # The caller hung up; the request's transaction was rolled back with it.

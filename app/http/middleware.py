@@ -17,9 +17,10 @@ from sanic.response import HTTPResponse
 
 from app import metrics
 from app.client_ip import forwarded_or_peer
-from app.errors import BrowserForbidden, PayloadTooLarge, RateLimited, Unauthorized
+from app.errors import Unauthorized
 from app.events import ip_hasher
 from app.http.auth import fingerprint, matches_any
+from app.http.exceptions import BrowserForbidden, PayloadTooLarge, RateLimited
 from app.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 
 logger = logging.getLogger("ingest.access")

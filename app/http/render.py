@@ -10,7 +10,8 @@ from pydantic import BaseModel, ValidationError
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from app.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from app.errors import BadRequest, ValidationFailed
+from app.http.exceptions import UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 
