@@ -174,13 +174,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 async def _run_worker(
     settings: Settings, *, queues: list[str] | None, concurrency: int | None
 ) -> None:
-    import jobs
-    from app.db import create_pool
-    from jobs.resources import Resources
+    import jobs  # the composition root of the worker process
+    from app.resources import open_worker_resources
 
     concurrency = concurrency or settings.worker_concurrency
-    pool = await create_pool(settings.database_url or "", max_size=concurrency + 1)
     proc_app = jobs.create_app(settings.database_url or "")
+    res = await open_worker_resources(settings, jobs=proc_app, max_size=concurrency + 1)
     try:
         async with proc_app.open_async():
             options: dict[str, Any] = {"queues": queues} if queues else {}
@@ -188,11 +187,11 @@ async def _run_worker(
                 concurrency=concurrency,
                 update_heartbeat_interval=settings.worker_heartbeat_s,
                 stalled_worker_timeout=settings.jobs_stalled_after_s,
-                additional_context={"resources": Resources(settings=settings, pool=pool)},
+                additional_context={"resources": res},
                 **options,
             )
     finally:
-        await pool.close()
+        await res.db.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 from procrastinate.exceptions import ConnectorException
 
-from app.errors import DatabaseUnavailable
+from app import logs, metrics
+from app.errors import DatabaseMisconfigured, DatabaseUnavailable
 from app.settings import Settings
 
 logger = logging.getLogger("ingest.db")
+T = TypeVar("T")
 
 # Errors that mean "the database cannot be reached right now", as opposed to a bad query.
 # InternalClientError: a pooled connection lost mid-operation (the server stopped) is left in a
@@ -134,20 +136,97 @@ async def connect(dsn: str, **options: Any) -> asyncpg.Connection:
     return await asyncpg.connect(dsn, **options)
 
 
-@asynccontextmanager
-async def transaction(pool: asyncpg.Pool, *, timeout: float) -> AsyncIterator[asyncpg.Connection]:
-    """One connection, one transaction; an unreachable database becomes `DatabaseUnavailable`."""
-    try:
-        async with pool.acquire(timeout=timeout) as conn, conn.transaction():
-            yield conn
-    except UNAVAILABLE_ERRORS as exc:
-        raise DatabaseUnavailable() from exc
+@dataclass(frozen=True)
+class Unit:
+    """A named unit of database work and how it runs.
+
+    `transaction=False` runs the work on a connection outside BEGIN (one statement is then its
+    own transaction); `retry_on` adds errors after which the whole unit runs again, besides
+    deadlocks and serialization failures (nothing of an aborted unit was written)."""
+
+    name: str
+    transaction: bool = True
+    readonly: bool = False
+    isolation: str | None = None
+    retry_on: tuple[type[BaseException], ...] = ()
+    attempts: int = 3
 
 
-async def ping(pool: asyncpg.Pool, *, timeout: float) -> float:
-    """Round-trip a trivial query; return its latency in milliseconds."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    async with pool.acquire(timeout=timeout) as conn:
-        await conn.fetchval("SELECT 1", timeout=timeout)
-    return (loop.time() - started) * 1000
+# A deadlock or a serialization failure aborts the transaction as a whole: run it again.
+RETRIABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+RETRY_BACKOFF_S = 0.01
+
+
+class Database:
+    """One pool and the one way to use it: `await db.run(unit, work, **kwargs)`.
+
+    Every unit acquires a connection within the acquire timeout, opens its transaction, calls
+    `work(conn, **kwargs)` (a repository or domain function, which never opens transactions
+    of its own), runs again after a deadlock or serialization failure, translates driver
+    errors once (`DatabaseUnavailable`, `DatabaseMisconfigured`), and records its duration in
+    `ingest_db_unit_duration_seconds{unit}` and its name in every log line written inside it
+    (the `unit` field)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float = 5.0) -> None:
+        self.pool = pool
+        self.acquire_timeout = acquire_timeout
+        self.faults = DatabaseFaults()
+
+    async def run(self, unit: Unit | str, work: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
+        unit = Unit(unit) if isinstance(unit, str) else unit
+        token = logs.current_unit.set(unit.name)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await self._attempts(unit, work, kwargs)
+            outcome = "ok"
+            return result
+        except MISCONFIGURATION_ERRORS as exc:
+            self.faults.record(exc)
+            raise DatabaseMisconfigured(MISCONFIGURATION_HINT) from exc
+        except UNAVAILABLE_ERRORS as exc:
+            raise DatabaseUnavailable() from exc
+        finally:
+            metrics.DB_UNIT_SECONDS.labels(unit.name, outcome).observe(
+                time.perf_counter() - started
+            )
+            logs.current_unit.reset(token)
+
+    async def _attempts(
+        self, unit: Unit, work: Callable[..., Awaitable[T]], kwargs: dict[str, Any]
+    ) -> T:
+        retriable = RETRIABLE_ERRORS + unit.retry_on
+        for attempt in range(1, unit.attempts):
+            try:
+                return await self._once(unit, work, kwargs)
+            except retriable as exc:
+                logger.info(
+                    "unit of work aborted; running it again",
+                    extra={"attempt": attempt, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+        return await self._once(unit, work, kwargs)
+
+    async def _once(
+        self, unit: Unit, work: Callable[..., Awaitable[T]], kwargs: dict[str, Any]
+    ) -> T:
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            if not unit.transaction:
+                return await work(conn, **kwargs)
+            async with conn.transaction(isolation=unit.isolation, readonly=unit.readonly):
+                return await work(conn, **kwargs)
+
+    async def ping(self) -> float:
+        """Round-trip a trivial query within the acquire timeout; its latency in milliseconds.
+        Driver errors are left as they are: /health tells an unreachable database from a
+        misconfigured one."""
+        started = time.perf_counter()
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            await conn.fetchval("SELECT 1", timeout=self.acquire_timeout)
+        return (time.perf_counter() - started) * 1000
+
+    async def close(self) -> None:
+        await self.pool.close()

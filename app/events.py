@@ -8,7 +8,6 @@ rollup decides which ones count (docs/rollups.md).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
 from app.client_ip import IpHasher
-from app.db import UNAVAILABLE_ERRORS
-from app.errors import DatabaseUnavailable, ValidationFailed
+from app.db import Database, Unit
+from app.errors import ValidationFailed
 from app.sql import queries
 
 MAX_EVENTS = 500
@@ -40,15 +39,6 @@ _ID = re.compile(ID_PATTERN)
 TS_PATTERN = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
 )
-# A deadlock between two concurrent batches aborts one of them; nothing was written, so the
-# whole statement is simply run again. So is a batch whose rule or user was deleted between
-# its probe and its insert: run again, the probe names the event.
-RETRIABLE = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.ForeignKeyViolationError,
-)
-ATTEMPTS = 3
 
 
 class EventBatch(BaseModel):
@@ -258,32 +248,21 @@ async def _run_batch(
     return IngestReport(row["accepted"], row["duplicates"], rejected)
 
 
-async def store_batch(
-    pool: asyncpg.Pool,
-    *,
-    batch: PreparedBatch,
-    actor: str,
-    request_id: str | None,
-    timeout: float,
-) -> IngestReport:
-    """The unit of work of one request, run again if it lost a deadlock.
+# The batch is one statement, and a statement outside BEGIN is its own transaction: it
+# commits or rolls back whole, audit row included. An explicit BEGIN ... COMMIT around it
+# would add two round trips during which the batch's row locks are held while the connection
+# waits for a busy event loop (under load, most of a request's time). Run again if it lost a
+# deadlock, or if a rule or user was deleted between its probe and its insert.
+INGEST = Unit(
+    "events.ingest_batch", transaction=False, retry_on=(asyncpg.ForeignKeyViolationError,)
+)
 
-    The batch is one statement, and a statement outside BEGIN is its own transaction: it
-    commits or rolls back whole, audit row included. An explicit BEGIN ... COMMIT around it
-    would add two round trips during which the batch's row locks are held while the
-    connection waits for a busy event loop (under load, most of a request's time).
-    """
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            async with pool.acquire(timeout=timeout) as conn:
-                report = await ingest_batch(conn, batch=batch, actor=actor, request_id=request_id)
-            break
-        except RETRIABLE:
-            if attempt == ATTEMPTS:
-                raise
-            await asyncio.sleep(0.01 * attempt)
-        except UNAVAILABLE_ERRORS as exc:
-            raise DatabaseUnavailable() from exc
+
+async def store_batch(
+    db: Database, *, batch: PreparedBatch, actor: str, request_id: str | None
+) -> IngestReport:
+    """The unit of work of one request (`INGEST`), counted in the event metrics."""
+    report = await db.run(INGEST, ingest_batch, batch=batch, actor=actor, request_id=request_id)
     _count(report)
     return report
 
@@ -294,25 +273,3 @@ def _count(report: IngestReport) -> None:
     metrics.EVENTS.labels("rejected").inc(len(report.rejected))
     for reason, count in Counter(reason for _, reason in report.rejected).items():
         metrics.EVENTS_REJECTED.labels(reason).inc(count)
-
-
-async def load_ip_hasher(pool: asyncpg.Pool, *, override: str | None, timeout: float) -> IpHasher:
-    """The hasher keyed by IP_HASH_SECRET, else by the secret the service keeps in its database."""
-    if override:
-        return IpHasher(override)
-    async with pool.acquire(timeout=timeout) as conn:
-        return IpHasher(await queries.events_ip_hash_secret(conn))
-
-
-async def ip_hasher(ctx: Any) -> IpHasher:
-    """The app's IP hasher (kept on `app.ctx`), loaded on first use so that start-up does not
-    need the database."""
-    hasher: IpHasher | None = getattr(ctx, "ip_hasher", None)
-    if hasher is None:
-        settings = ctx.settings
-        override = settings.ip_hash_secret.get_secret_value() if settings.ip_hash_secret else None
-        hasher = await load_ip_hasher(
-            ctx.pool, override=override, timeout=settings.db_acquire_timeout_s
-        )
-        ctx.ip_hasher = hasher
-    return hasher

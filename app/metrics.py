@@ -45,6 +45,12 @@ WEBHOOKS = Counter(
 )
 CRAWL_ITEMS = Counter("ingest_crawl_items_total", "Crawl items by outcome", ["outcome"])
 RATE_LIMITED = Counter("ingest_rate_limited_total", "Requests refused by a rate limit", ["limit"])
+DB_UNIT_SECONDS = Histogram(
+    "ingest_db_unit_duration_seconds",
+    "Units of database work by name and outcome (app/db.py `Database.run`), retries included",
+    ["unit", "outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+)
 POOL_CONNECTIONS = Gauge(
     "ingest_db_pool_connections", "asyncpg pool connections", ["state"], multiprocess_mode="livesum"
 )

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import asyncpg
 
+from app.db import Database, Unit
 from app.sql import queries
 
 # A memory store holding more buckets than this drops the idle (already full) ones.
@@ -92,14 +93,20 @@ class MemoryRateLimiter:
 class PostgresRateLimiter:
     """Buckets in the unlogged `rate_limit_buckets` table, shared by every process."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
-        self._pool = pool
-        self._timeout = timeout
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def take(self, key: str, limit: int) -> Decision:
-        async with self._pool.acquire(timeout=self._timeout) as conn:
-            row = await queries.ratelimit_take(conn, key=key, capacity=limit, per_second=limit / 60)
+        row = await self._db.run(TAKE, _take, key=key, limit=limit)
         return decide(row["allowed"], row["tokens"], limit)
+
+
+# One statement, its own transaction.
+TAKE = Unit("ratelimit.take", transaction=False)
+
+
+async def _take(conn: asyncpg.Connection, *, key: str, limit: int) -> asyncpg.Record:
+    return await queries.ratelimit_take(conn, key=key, capacity=limit, per_second=limit / 60)
 
 
 async def purge_idle_buckets(conn: asyncpg.Connection, *, idle_seconds: int = 120) -> int:

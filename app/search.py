@@ -9,17 +9,23 @@ readers are never blocked for longer than the rename. The read path is the SQL f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
 
 import asyncpg
 
+from app import audit
+from app.db import connect, init_connection
 from app.sql import queries
+
+logger = logging.getLogger("ingest.search")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_QUERY_CHARS = 500
-# The queueing lock of the `rebuild_search` task: at most one rebuild waits in the queue.
-REBUILD_QUEUEING_LOCK = "rebuild_search"
+ACTOR = "job:rebuild_search"  # the rebuild's audit rows
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,6 @@ async def search_rules(
     ]
 
 
-async def queued_rebuild_job(conn: asyncpg.Connection) -> int | None:
-    """The id of the rebuild job waiting in the queue, if one is."""
-    job_id = await queries.search_queued_job(conn, queueing_lock=REBUILD_QUEUEING_LOCK)
-    return int(job_id) if job_id is not None else None
-
-
 async def take_rebuild_lock(conn: asyncpg.Connection) -> bool:
     """True when no other full rebuild is running; held until the caller's transaction ends."""
     return bool(await queries.search_try_rebuild_lock(conn))
@@ -91,8 +91,90 @@ async def swap_in_next_table(conn: asyncpg.Connection, *, lock_timeout_ms: int) 
     `lock_timeout_ms` with `asyncpg.LockNotAvailableError`, so a long reader makes the swap
     retry later instead of queueing every other reader behind it. Call it in a savepoint.
     """
-    await queries.search_set_lock_timeout(conn, ms=lock_timeout_ms)
+    await queries.session_set_lock_timeout(conn, ms=lock_timeout_ms)
     await queries.search_freeze_rules(conn)
     late = await catch_up_next_table(conn)
     await queries.search_swap_tables(conn)
     return late
+
+
+# --- the full rebuild (the nightly task, POST /cron/rebuild-search, `ingest`) ---
+
+# How long the swap may wait for a lock before giving up and trying again: readers that
+# arrive meanwhile queue behind it, so keep it short.
+SWAP_LOCK_TIMEOUT_MS = 2000
+SWAP_ATTEMPTS = 5
+SWAP_RETRY_WAIT_S = 1.0
+_SWAP_CONFLICTS = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError)
+
+
+@dataclass
+class RebuildReport:
+    skipped: bool = False
+    documents: int = 0
+    caught_up: int = 0
+    late_changes: int = 0
+    swap_attempts: int = 0
+    duration_ms: float = 0.0
+
+
+async def rebuild_in_transaction(
+    conn: asyncpg.Connection,
+    *,
+    lock_timeout_ms: int = SWAP_LOCK_TIMEOUT_MS,
+    attempts: int = SWAP_ATTEMPTS,
+    retry_wait_s: float = SWAP_RETRY_WAIT_S,
+) -> RebuildReport:
+    """Build, catch up and swap in the caller's transaction; skip if a rebuild is running."""
+    started = time.perf_counter()
+    report = RebuildReport()
+    if not await take_rebuild_lock(conn):
+        report.skipped = True
+        return report
+    report.documents = await build_next_table(conn)
+    report.caught_up = await catch_up_next_table(conn)
+    report.late_changes, report.swap_attempts = await _swap_with_retries(
+        conn, lock_timeout_ms=lock_timeout_ms, attempts=attempts, retry_wait_s=retry_wait_s
+    )
+    report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    await audit.record(conn, actor=ACTOR, action="search.rebuild", details=asdict(report))
+    return report
+
+
+async def _swap_with_retries(
+    conn: asyncpg.Connection, *, lock_timeout_ms: int, attempts: int, retry_wait_s: float
+) -> tuple[int, int]:
+    """Swap inside a savepoint; a lock timeout or deadlock rolls back only the attempt."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with conn.transaction():
+                late = await swap_in_next_table(conn, lock_timeout_ms=lock_timeout_ms)
+            return late, attempt
+        except _SWAP_CONFLICTS:
+            if attempt >= attempts:
+                raise
+            logger.info("search swap waiting for readers", extra={"attempt": attempt})
+            await asyncio.sleep(retry_wait_s * attempt)
+
+
+async def rebuild_search_index(
+    dsn: str,
+    *,
+    lock_timeout_ms: int = SWAP_LOCK_TIMEOUT_MS,
+    attempts: int = SWAP_ATTEMPTS,
+    retry_wait_s: float = SWAP_RETRY_WAIT_S,
+) -> RebuildReport:
+    """Rebuild on a connection of its own: no command timeout, since a build may be long."""
+    conn = await connect(
+        dsn, command_timeout=None, server_settings={"application_name": "ingest-search-rebuild"}
+    )
+    try:
+        await init_connection(conn)
+        async with conn.transaction():
+            return await rebuild_in_transaction(
+                conn, lock_timeout_ms=lock_timeout_ms, attempts=attempts, retry_wait_s=retry_wait_s
+            )
+    finally:
+        await conn.close()

@@ -17,11 +17,12 @@ from sanic.response import HTTPResponse
 
 from app import metrics
 from app.blueprints import all_blueprints
-from app.db import UNAVAILABLE_ERRORS, DatabaseFaults, create_pool
+from app.db import UNAVAILABLE_ERRORS, create_pool
 from app.donations import HANDLED_TYPES
 from app.http import middleware, openapi
 from app.http.errors import JsonErrorHandler
 from app.logs import logging_config
+from app.resources import Resources
 from app.settings import Settings
 
 logger = logging.getLogger("ingest.server")
@@ -55,7 +56,6 @@ def create_app(
     app.config.ACCESS_LOG = False
     app.ctx.settings = settings
     app.ctx.run_worker = run_worker
-    app.ctx.database_faults = DatabaseFaults()
     app.error_handler = JsonErrorHandler()
     middleware.register(app)
     app.on_response(_count_request, priority=50)
@@ -196,11 +196,11 @@ async def _open_pool(settings: Settings) -> Any:
 
 
 async def _open_resources(app: Sanic) -> None:
-    import jobs
-    from jobs.resources import Resources
+    """The worker process's `Resources` (app.ctx.res): its pools, the job app, the limiter."""
+    import jobs  # the composition root: the one place the HTTP side builds the job app
 
     settings: Settings = app.ctx.settings
-    app.ctx.pool = await _open_pool(settings)
+    pool = await _open_pool(settings)
     # Procrastinate gets its own small psycopg pool, opened without waiting so that the
     # server starts (and answers 503) while the database is unreachable.
     app.ctx.jobs_pool = AsyncConnectionPool(
@@ -216,14 +216,14 @@ async def _open_resources(app: Sanic) -> None:
         kwargs={} if settings.db_statement_cache_size else {"prepare_threshold": None},
     )
     await app.ctx.jobs_pool.open(wait=False)
-    app.ctx.jobs = jobs.create_app(settings.database_url or "")
-    await app.ctx.jobs.open_async(app.ctx.jobs_pool)
+    job_app = jobs.create_app(settings.database_url or "")
+    await job_app.open_async(app.ctx.jobs_pool)
+    app.ctx.res = resources = Resources.build(settings, pool=pool, jobs=job_app)
     app.ctx.worker_task = None
     if app.ctx.run_worker:
-        resources = Resources(settings=settings, pool=app.ctx.pool)
         app.ctx.worker_task = asyncio.create_task(
             _run_worker_until_stopped(
-                app.ctx.jobs,
+                job_app,
                 install_signal_handlers=False,
                 concurrency=settings.worker_concurrency,
                 shutdown_graceful_timeout=WORKER_SHUTDOWN_GRACE_S,
@@ -262,5 +262,5 @@ async def _close_resources(app: Sanic) -> None:
             await task
     if getattr(app.ctx, "jobs_pool", None) is not None:
         await app.ctx.jobs_pool.close()
-    if getattr(app.ctx, "pool", None) is not None:
-        await app.ctx.pool.close()
+    if getattr(app.ctx, "res", None) is not None:
+        await app.ctx.res.db.close()

@@ -20,7 +20,7 @@ import orjson
 import stripe
 
 from app import audit, donations
-from app.db import UNAVAILABLE_ERRORS, transaction
+from app.db import Database
 from app.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -267,24 +267,22 @@ async def store_event(
 
 
 async def record_rejection(
-    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
     *,
     error: StripeSignatureInvalid | StripeEventInvalid,
     body_bytes: int,
     request_id: str | None,
-    timeout: float,
 ) -> None:
     """Audit a refused delivery: the reason, never the secret or the signature."""
     reason = error.details[0]["reason"] if error.details else "invalid_event"
-    async with transaction(pool, timeout=timeout) as conn:
-        await audit.record(
-            conn,
-            actor=UNVERIFIED_ACTOR,
-            action="stripe.webhook_rejected",
-            subject=None,
-            request_id=request_id,
-            details={"reason": reason, "message": error.message, "bodyBytes": body_bytes},
-        )
+    await audit.record(
+        conn,
+        actor=UNVERIFIED_ACTOR,
+        action="stripe.webhook_rejected",
+        subject=None,
+        request_id=request_id,
+        details={"reason": reason, "message": error.message, "bodyBytes": body_bytes},
+    )
 
 
 # --- processing ------------------------------------------------------------------------
@@ -329,7 +327,7 @@ async def apply_stored_event(
 ) -> ProcessResult:
     """Apply one inbox event inside the caller's transaction, once (`force` re-applies:
     the merge is idempotent, so a replay can only repair, never double count)."""
-    await queries.stripe_set_lock_timeout(conn, ms=lock_timeout_ms)
+    await queries.session_set_lock_timeout(conn, ms=lock_timeout_ms)
     event = await queries.stripe_lock_event(conn, id=event_id)
     if event is None:
         raise StripeEventNotFound(f"no Stripe event {event_id!r} in the inbox")
@@ -356,22 +354,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
 
 
-async def record_failure(
-    pool: asyncpg.Pool, *, event_id: str, actor: str, error: BaseException, timeout: float
+async def _mark_failed(
+    conn: asyncpg.Connection, *, event_id: str, actor: str, error: BaseException
 ) -> None:
+    attempts = await queries.stripe_mark_failed(conn, id=event_id, error=_describe(error))
+    await audit.record(
+        conn,
+        actor=actor,
+        action="stripe.event_failed",
+        subject=f"stripe_event:{event_id}",
+        details={"error": _describe(error), "attempt": attempts},
+    )
+
+
+async def record_failure(db: Database, *, event_id: str, actor: str, error: BaseException) -> None:
     """Keep the failed attempt on the inbox row and in the audit trail (best effort: when
     the database itself is down there is nowhere to write, and the retry will tell)."""
     try:
-        async with transaction(pool, timeout=timeout) as conn:
-            attempts = await queries.stripe_mark_failed(conn, id=event_id, error=_describe(error))
-            await audit.record(
-                conn,
-                actor=actor,
-                action="stripe.event_failed",
-                subject=f"stripe_event:{event_id}",
-                details={"error": _describe(error), "attempt": attempts},
-            )
-    except (asyncpg.PostgresError, DatabaseUnavailable, *UNAVAILABLE_ERRORS) as exc:
+        await db.run(
+            "stripe.record_failure", _mark_failed, event_id=event_id, actor=actor, error=error
+        )
+    except (asyncpg.PostgresError, DatabaseUnavailable) as exc:
         logger.warning(
             "could not record a failed Stripe event",
             extra={"event_id": event_id, "error": _describe(exc)},
@@ -379,24 +382,27 @@ async def record_failure(
 
 
 async def process_stored_event(
-    pool: asyncpg.Pool,
+    db: Database,
     *,
     event_id: str,
     actor: str,
-    timeout: float,
     lock_timeout_ms: int,
     force: bool = False,
 ) -> ProcessResult:
     """One transaction applies the event; a failure is recorded, then raised for a retry."""
     try:
-        async with transaction(pool, timeout=timeout) as conn:
-            return await apply_stored_event(
-                conn, event_id=event_id, actor=actor, lock_timeout_ms=lock_timeout_ms, force=force
-            )
+        return await db.run(
+            "stripe.apply_stored_event",
+            apply_stored_event,
+            event_id=event_id,
+            actor=actor,
+            lock_timeout_ms=lock_timeout_ms,
+            force=force,
+        )
     except StripeEventNotFound:
         raise
     except Exception as exc:
-        await record_failure(pool, event_id=event_id, actor=actor, error=exc, timeout=timeout)
+        await record_failure(db, event_id=event_id, actor=actor, error=exc)
         raise
 
 

@@ -25,7 +25,7 @@ import stripe
 from stripe.params import EventListParams, EventListParamsCreated
 
 from app import audit, donations, stripe_inbox
-from app.db import transaction
+from app.db import Database
 from app.errors import (
     BadRequest,
     ConfigurationError,
@@ -272,27 +272,36 @@ async def record_run(
     )
 
 
+async def _finish(conn: asyncpg.Connection, *, report: ReconcileReport, actor: str) -> None:
+    """Advance the watermark over the listed window and audit the run, in one transaction."""
+    if report.window.advances:
+        report.watermark = await queries.stripe_reconcile_advance_watermark(
+            conn, watermark=report.window.until
+        )
+    await record_run(conn, actor=actor, report=report, error=None)
+
+
 async def _list_and_store(
-    pool: asyncpg.Pool,
+    db: Database,
     client: stripe.StripeClient,
     *,
     report: ReconcileReport,
     actor: str,
-    timeout: float,
     on_recovered: OnRecovered | None,
 ) -> None:
     pages = list_pages(client, window=report.window, types=donations.HANDLED_TYPES)
     async for page in pages:
         report.listed += len(page)
-        async with transaction(pool, timeout=timeout) as conn:
-            stored = await store_missing(conn, page=page, actor=actor)
+        stored = await db.run(
+            "stripe_reconcile.store_missing", store_missing, page=page, actor=actor
+        )
         report.recovered.extend(stored)
         if stored and on_recovered is not None:
             await on_recovered(stored)
 
 
 async def reconcile(
-    pool: asyncpg.Pool,
+    db: Database,
     *,
     client: stripe.StripeClient,
     settings: Settings,
@@ -304,9 +313,7 @@ async def reconcile(
     """One run: list the window, store what the inbox lacks (each page committed before
     `on_recovered` queues its processing), advance the watermark, audit the run. A Stripe
     error is audited and raised as the service's (`translate`)."""
-    timeout = settings.db_acquire_timeout_s
-    async with transaction(pool, timeout=timeout) as conn:
-        watermark = await current_watermark(conn)
+    watermark = await db.run("stripe_reconcile.watermark", current_watermark)
     window = plan_window(
         watermark=watermark,
         now=now or datetime.now(UTC),
@@ -316,21 +323,15 @@ async def reconcile(
     )
     report = ReconcileReport(window=window, watermark=watermark)
     try:
-        await _list_and_store(
-            pool, client, report=report, actor=actor, timeout=timeout, on_recovered=on_recovered
-        )
+        await _list_and_store(db, client, report=report, actor=actor, on_recovered=on_recovered)
     except stripe.StripeError as exc:
         # Stripe's own message can quote the key's last characters: it is not kept.
         error = translate(exc, key=_api_key(settings))
-        async with transaction(pool, timeout=timeout) as conn:
-            await record_run(conn, actor=actor, report=report, error=error)
+        await db.run(
+            "stripe_reconcile.record_run", record_run, actor=actor, report=report, error=error
+        )
         raise error from None
-    async with transaction(pool, timeout=timeout) as conn:
-        if window.advances:
-            report.watermark = await queries.stripe_reconcile_advance_watermark(
-                conn, watermark=window.until
-            )
-        await record_run(conn, actor=actor, report=report, error=None)
+    await db.run("stripe_reconcile.finish", _finish, report=report, actor=actor)
     if report.recovered:
         logger.warning(
             "Stripe events recovered by reconciliation: webhook delivery failed for them",

@@ -5,7 +5,7 @@
 
 `measure_rollup(db_url)` generates the events with SQL (skewed rules and client IPs, mostly
 VIEWs, in time order as intake writes them), then times, alternately and twice each, the
-full rollup exactly as the task runs it (`app.rollup.run.open_rollup_pool` + `run_rollup`,
+full rollup exactly as the task runs it (`app.rollup.run.open_rollup_db` + `run_rollup`,
 metrics, trending and leaderboards) and the single statement a naive rollup would be: per rule,
 day and type, views counted once per client IP and 10-minute slot and capped per client IP and
 day, at the server's default settings. Best of two each. Then the worst case of a late event: one
@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from app.rollup import VIEW_CAP, run_rollup
-from app.rollup.run import open_rollup_pool
+from app.rollup.run import open_rollup_db
 from app.settings import Settings
 from bench.harness import connected
 
@@ -159,16 +159,14 @@ async def time_bare(db_url: str, *, first_day: date) -> float:
 async def time_rollup(db_url: str, *, end_day: date) -> tuple[float, dict[str, Any]]:
     """A full first roll of the window (metric tables emptied first), as the task runs it."""
     settings = Settings(database_url=db_url)
-    pool = await open_rollup_pool(settings)
+    db = await open_rollup_db(settings)
     try:
-        await pool.execute(CLEAR_ROLLUP)
+        await db.pool.execute(CLEAR_ROLLUP)
         started = time.perf_counter()
-        report = await run_rollup(
-            pool, end_day=end_day, days=DAYS, settings=settings, actor="bench"
-        )
+        report = await run_rollup(db, end_day=end_day, days=DAYS, settings=settings, actor="bench")
         elapsed = time.perf_counter() - started
     finally:
-        await pool.close()
+        await db.close()
     details = report.as_json()
     log(
         f"rollup {elapsed:.2f} s (stage {details['stageMs'] / 1000:.2f} s, apply "
@@ -181,19 +179,19 @@ async def time_refreshes(db_url: str, *, first_day: date) -> dict[str, Any]:
     """The schedule's refresh after one late event for `first_day` (it and every later rolled
     day), then the same refresh with nothing dirty."""
     settings = Settings(database_url=db_url)
-    pool = await open_rollup_pool(settings)
+    db = await open_rollup_db(settings)
     try:
-        await pool.execute(LATE_EVENT, utc_midnight(first_day) + timedelta(hours=12))
+        await db.pool.execute(LATE_EVENT, utc_midnight(first_day) + timedelta(hours=12))
         # Past ROLLUP_FACTS_MARGIN_S, so that the run counts the event as seen (docs/rollups.md).
         await asyncio.sleep(settings.rollup_facts_margin_s + 0.5)
         started = time.perf_counter()
-        cascade = await run_rollup(pool, settings=settings, actor="bench")
+        cascade = await run_rollup(db, settings=settings, actor="bench")
         cascade_s = time.perf_counter() - started
         started = time.perf_counter()
-        noop = await run_rollup(pool, settings=settings, actor="bench")
+        noop = await run_rollup(db, settings=settings, actor="bench")
         noop_ms = (time.perf_counter() - started) * 1000
     finally:
-        await pool.close()
+        await db.close()
     log(
         f"cascade {cascade_s:.2f} s ({len(cascade.days)} day rolled, "
         f"{len(cascade.refreshed_days)} refreshed); no-op refresh {noop_ms:.1f} ms "

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 from procrastinate import App, JobContext, RetryStrategy
 
 from app import audit
-from app.db import transaction
 from app.ratelimit import purge_idle_buckets
 from jobs.resources import resources_for
 
@@ -26,12 +26,16 @@ ACTOR = "job:purge_event_state"
 async def purge_event_state(context: JobContext, timestamp: int | None = None) -> dict[str, int]:
     """Delete full rate-limit buckets (a full bucket is the same as none)."""
     res = await resources_for(context)
-    async with transaction(res.pool, timeout=res.settings.db_acquire_timeout_s) as conn:
-        buckets = await purge_idle_buckets(conn)
-        report = {"rate_limit_buckets": buckets}
-        if buckets:
-            await audit.record(conn, actor=ACTOR, action="events.purge", details=report)
+    report = await res.db.run("events.purge_state", _purge)
     logger.info("purged event state", extra=report)
+    return report
+
+
+async def _purge(conn: asyncpg.Connection) -> dict[str, int]:
+    buckets = await purge_idle_buckets(conn)
+    report = {"rate_limit_buckets": buckets}
+    if buckets:
+        await audit.record(conn, actor=ACTOR, action="events.purge", details=report)
     return report
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
+import asyncpg
 from procrastinate import App, JobContext, RetryStrategy, exceptions
 from procrastinate.jobs import Job, Status
 
@@ -89,18 +90,23 @@ async def purge_old_events(context: JobContext, timestamp: int | None = None) ->
     before = datetime.now(UTC) - timedelta(days=max(days, MIN_EVENT_RETENTION_DAYS))
     deleted = 0
     while True:
-        async with res.pool.acquire() as conn:
-            batch = int(
-                await queries.rollup_purge_old_events(conn, before=before, batch=EVENT_PURGE_BATCH)
-            )
+        batch = await res.db.run("events.purge_old_batch", _purge_batch, before=before)
         deleted += batch
         if batch < EVENT_PURGE_BATCH:
             break
-    async with res.pool.acquire() as conn:  # the purge's own notes: those days are never re-rolled
-        await queries.rollup_forget_changes_before(conn, day=before.date())
+    # The purge's own notes: those days are never re-rolled.
+    await res.db.run("events.forget_purged_changes", _forget_changes, day=before.date())
     if deleted:
         logger.info("old events purged", extra={"deleted": deleted, "before": before.isoformat()})
     return deleted
+
+
+async def _purge_batch(conn: asyncpg.Connection, *, before: datetime) -> int:
+    return int(await queries.rollup_purge_old_events(conn, before=before, batch=EVENT_PURGE_BATCH))
+
+
+async def _forget_changes(conn: asyncpg.Connection, *, day: date) -> None:
+    await queries.rollup_forget_changes_before(conn, day=day)
 
 
 def register(app: App) -> None:

@@ -9,36 +9,27 @@ a donation; the queueing lock folds the two). Idempotent: see app/notifications.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import asdict
 from datetime import UTC, datetime
 
 from procrastinate import App, JobContext, RetryStrategy
-from procrastinate.exceptions import AlreadyEnqueued
 
 from app import notifications
-from app.db import transaction
+from app.queue import NOTIFY_TASK
 from jobs.resources import resources_for
 
 logger = logging.getLogger("ingest.jobs.notifications")
 
-NOTIFY_TASK = "notify_authors"
-
 
 async def notify_authors(context: JobContext, timestamp: int | None = None) -> int:
     res = await resources_for(context)
-    async with transaction(res.pool, timeout=res.settings.db_acquire_timeout_s) as conn:
-        counts = await notifications.notify_authors(conn, now=datetime.now(UTC))
+    counts = await res.db.run(
+        "notifications.notify_authors", notifications.notify_authors, now=datetime.now(UTC)
+    )
     if counts.total:
         logger.info("authors notified", extra=asdict(counts))
     return counts.total
-
-
-async def defer_notify(proc_app: App) -> None:
-    """Queue a notification run unless one is already waiting."""
-    with contextlib.suppress(AlreadyEnqueued):
-        await proc_app.configure_task(NOTIFY_TASK, queueing_lock=NOTIFY_TASK).defer_async()
 
 
 def register(app: App) -> None:

@@ -1,4 +1,4 @@
-"""What tasks need besides their arguments: settings and an asyncpg pool.
+"""What tasks need besides their arguments (the process's `Resources`), and their retry policy.
 
 `ingest worker` and `ingest run` pass these to the worker as additional context. A worker
 started with `procrastinate worker` gets them built on first use from the environment.
@@ -7,15 +7,13 @@ started with `procrastinate worker` gets them built on first use from the enviro
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
-import asyncpg
 from procrastinate import JobContext, RetryStrategy
 from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
 
-from app.db import create_pool
 from app.errors import IngestError
+from app.resources import Resources, open_worker_resources
 from app.settings import Settings
 
 
@@ -30,28 +28,17 @@ class RetryUnlessInvalid(RetryStrategy):
         return super().get_retry_decision(exception=exception, job=job)
 
 
-@dataclass
-class Resources:
-    settings: Settings
-    pool: asyncpg.Pool
-
-
 _LOCK = asyncio.Lock()
 
 
 async def resources_for(context: JobContext) -> Resources:
-    """The worker's shared resources, created once if the worker was started without them."""
+    """The worker's shared resources (app/resources.py), created once if the worker was
+    started without them (`procrastinate worker`)."""
     found = context.additional_context.get("resources")
     if isinstance(found, Resources):
         return found
     async with _LOCK:
         holder = context.additional_context.setdefault("_lazy", {})
         if "resources" not in holder:
-            settings = Settings()
-            if not settings.database_url:
-                raise RuntimeError("DATABASE_URL is not set for this worker")
-            pool = await create_pool(
-                settings.database_url, max_size=settings.worker_concurrency + 1
-            )
-            holder["resources"] = Resources(settings=settings, pool=pool)
+            holder["resources"] = await open_worker_resources(Settings(), jobs=context.app)
         return holder["resources"]

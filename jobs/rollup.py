@@ -14,41 +14,25 @@ numbers or at its new ones (one transaction per day); `retry_stalled_jobs`
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from procrastinate import App, JobContext
-from procrastinate.exceptions import AlreadyEnqueued
 
 from app import rollup
-from app.errors import DatabaseUnavailable, ValidationFailed
+from app.errors import ValidationFailed
+from app.queue import BACKFILL_TASK, REFRESH_TASK, ROLLUP_LOCK, ROLLUP_TASK
 from app.rollup.config import DEFAULT_DAYS
 from app.rollup.plan import Reason
 from app.rollup.run import rollup_and_record
-from app.rollup.store import queued_rollup_job
-from jobs.notifications import defer_notify
 from jobs.resources import RetryUnlessInvalid, resources_for
 
 logger = logging.getLogger("ingest.jobs.rollup")
 
-ROLLUP_TASK = "rollup"
-REFRESH_TASK = "rollup_refresh"
-# The older name of the refresh, kept so that existing shell scripts go on working.
-BACKFILL_TASK = "rollup_backfill"
-ROLLUP_LOCK = "rollup"
 QUEUE = "rollup"
 NIGHTLY_CRON = "10 0 * * *"
 NIGHTLY_DAYS = 2
 REFRESH_CRON = "*/5 * * * *"
-DEFER_ROUNDS = 5
-
-
-@dataclass(frozen=True)
-class QueuedRollup:
-    job_id: int
-    already_queued: bool
 
 
 def parse_day(value: str | None, *, default: date) -> date:
@@ -88,7 +72,7 @@ async def run_rollup_task(
     report = await rollup_and_record(
         res.settings, end_day=end_day, days=count, reason=reason, actor=f"job:{job_id}"
     )
-    await defer_notify(context.app)
+    await res.queue.author_notifications()
     return rollup.report_details(report)
 
 
@@ -103,27 +87,8 @@ async def rollup_refresh(context: JobContext, timestamp: int | None = None) -> d
     report = await rollup_and_record(res.settings, actor=f"job:{job_id}")
     if report.is_noop:
         return {"days": []}
-    await defer_notify(context.app)
+    await res.queue.author_notifications()
     return rollup.report_details(report)
-
-
-async def defer_rollup(
-    proc_app: App, pool: asyncpg.Pool, *, end_day: date | None, days: int, timeout: float
-) -> QueuedRollup:
-    """Queue a rollup, or name the one already waiting: never two waiting jobs."""
-    kwargs: dict[str, Any] = {"days": days}
-    if end_day is not None:
-        kwargs["date"] = end_day.isoformat()
-    for _ in range(DEFER_ROUNDS):
-        try:
-            job_id = await proc_app.configure_task(ROLLUP_TASK).defer_async(**kwargs)
-            return QueuedRollup(job_id=int(job_id), already_queued=False)
-        except AlreadyEnqueued:
-            async with pool.acquire(timeout=timeout) as conn:
-                waiting = await queued_rollup_job(conn, queueing_lock=ROLLUP_LOCK)
-            if waiting is not None:
-                return QueuedRollup(job_id=waiting, already_queued=True)
-    raise DatabaseUnavailable("the rollup could not be queued; retry shortly")
 
 
 def register(app: App) -> None:

@@ -20,19 +20,17 @@ import logging
 from dataclasses import dataclass
 
 from procrastinate import App, JobContext, RetryStrategy
-from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
 
 from app import stripe_inbox, stripe_reconcile
-from app.db import transaction
 from app.errors import ConfigurationError
-from jobs.notifications import defer_notify
-from jobs.resources import Resources, RetryUnlessInvalid, resources_for
+from app.queue import PROCESS_STRIPE_TASK as PROCESS_TASK
+from app.resources import Resources
+from jobs.resources import RetryUnlessInvalid, resources_for
 
 logger = logging.getLogger("ingest.jobs.stripe")
 
-PROCESS_TASK = "process_stripe_event"
 SWEEP_TASK = "sweep_stripe_inbox"
 RECONCILE_TASK = "reconcile_stripe"
 RECONCILE_CRON = "*/10 * * * *"  # stripe_reconcile.CADENCE says it in words
@@ -67,50 +65,35 @@ class SweepReport:
         return {"requeued": self.requeued, "alreadyQueued": self.already_queued}
 
 
-def queueing_lock(event_id: str) -> str:
-    return f"stripe_event:{event_id}"
-
-
-async def defer_processing(proc_app: App, *, event_id: str) -> bool:
-    """Queue the event's job; False when one is already waiting (that one will do)."""
-    try:
-        await proc_app.configure_task(
-            PROCESS_TASK, queueing_lock=queueing_lock(event_id)
-        ).defer_async(event_id=event_id)
-    except AlreadyEnqueued:
-        return False
-    return True
-
-
 async def process_stripe_event(context: JobContext, event_id: str) -> dict[str, object]:
     """Apply one stored event; raising makes Procrastinate retry it."""
     res = await resources_for(context)
     job_id = context.job.id if context.job else None
     result = await stripe_inbox.process_stored_event(
-        res.pool,
+        res.db,
         event_id=event_id,
         actor=f"job:{job_id}",
-        timeout=res.settings.db_acquire_timeout_s,
         lock_timeout_ms=res.settings.stripe_lock_timeout_ms,
     )
     if result.changed and result.status in NOTIFIED_STATUSES:
         try:
-            await defer_notify(context.app)
+            await res.queue.author_notifications()
         except Exception:  # the periodic run notifies within 5 minutes anyway
             logger.warning("could not queue author notifications", exc_info=True)
     return result.as_json()
 
 
-async def sweep_inbox(proc_app: App, res: Resources) -> SweepReport:
+async def sweep_inbox(res: Resources) -> SweepReport:
     """Re-defer every stranded inbox row (see `stripe_sweep_candidates` in sql/stripe.sql)."""
-    async with transaction(res.pool, timeout=res.settings.db_acquire_timeout_s) as conn:
-        candidates = await stripe_inbox.sweep_candidates(
-            conn, grace_s=res.settings.stripe_sweep_grace_s, limit=SWEEP_BATCH
-        )
-    requeued = [e for e in candidates if await defer_processing(proc_app, event_id=e)]
+    candidates = await res.db.run(
+        "stripe.sweep_candidates",
+        stripe_inbox.sweep_candidates,
+        grace_s=res.settings.stripe_sweep_grace_s,
+        limit=SWEEP_BATCH,
+    )
+    requeued = [e for e in candidates if await res.queue.stripe_event(e)]
     if requeued:
-        async with transaction(res.pool, timeout=res.settings.db_acquire_timeout_s) as conn:
-            await stripe_inbox.record_sweep(conn, event_ids=requeued)
+        await res.db.run("stripe.record_sweep", stripe_inbox.record_sweep, event_ids=requeued)
         logger.warning("stranded Stripe events re-queued", extra={"count": len(requeued)})
     return SweepReport(requeued=requeued, already_queued=len(candidates) - len(requeued))
 
@@ -120,11 +103,11 @@ async def sweep_stripe_inbox(
 ) -> dict[str, object]:
     """Every minute: nothing in the inbox stays without a job."""
     res = await resources_for(context)
-    return (await sweep_inbox(context.app, res)).as_json()
+    return (await sweep_inbox(res)).as_json()
 
 
 async def reconcile_inbox(
-    proc_app: App, res: Resources, *, actor: str, since: str | None = None
+    res: Resources, *, actor: str, since: str | None = None
 ) -> dict[str, object]:
     """One reconciliation run; each recovered event's processing is queued once its page
     is committed (a lost defer is the sweeper's, as for a webhook)."""
@@ -132,11 +115,11 @@ async def reconcile_inbox(
 
     async def queue(event_ids: list[str]) -> None:
         for event_id in event_ids:
-            await defer_processing(proc_app, event_id=event_id)
+            await res.queue.stripe_event(event_id)
 
     async with stripe_reconcile.stripe_client(res.settings) as client:
         report = await stripe_reconcile.reconcile(
-            res.pool,
+            res.db,
             client=client,
             settings=res.settings,
             actor=actor,
@@ -155,7 +138,7 @@ async def reconcile_stripe(
     if not stripe_reconcile.enabled(res.settings):
         return {"skipped": "STRIPE_SECRET_KEY is not set"}
     try:
-        return await reconcile_inbox(context.app, res, actor=f"job:{RECONCILE_TASK}", since=since)
+        return await reconcile_inbox(res, actor=f"job:{RECONCILE_TASK}", since=since)
     except ConfigurationError as exc:
         logger.error("Stripe reconciliation failed: %s", exc.message)
         raise

@@ -18,3 +18,11 @@ LIMIT :limit_;
 SELECT id, task_name, queue_name, status::text AS status, args, queueing_lock, lock, attempts
 FROM procrastinate_jobs
 WHERE id = :job_id;
+
+-- name: jobs_waiting_with_lock(queueing_lock)$
+-- The job waiting under a queueing lock, so a second request can answer with the same job.
+SELECT id
+FROM procrastinate_jobs
+WHERE queueing_lock = :queueing_lock AND status = 'todo'
+ORDER BY id
+LIMIT 1;

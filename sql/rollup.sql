@@ -525,13 +525,6 @@ WHERE day = :day::date AND scope = 'GLOBAL' AND scope_key = '' AND rank <= :limi
 ORDER BY entity DESC, array_position(ARRAY['DAILY', 'WEEKLY', 'MONTHLY', 'ALL_TIME'], period),
          rank;
 
--- name: rollup_queued_job(queueing_lock)$
-SELECT id
-FROM procrastinate_jobs
-WHERE queueing_lock = :queueing_lock AND status = 'todo'
-ORDER BY id
-LIMIT 1;
-
 -- name: rollup_purge_old_events(before, batch)$
 -- One batch of events older than the retention horizon; the task loops until none are left,
 -- so no statement holds locks on many rows for long.

@@ -5,14 +5,6 @@ FROM search_rules(:query::text, :lim::integer) s
 JOIN rules r ON r.id = s.rule_id
 ORDER BY s.rank DESC, s.rule_id;
 
--- name: search_queued_job(queueing_lock)$
--- The job waiting under a queueing lock, so a second request can answer with the same job.
-SELECT id
-FROM procrastinate_jobs
-WHERE queueing_lock = :queueing_lock AND status = 'todo'
-ORDER BY id
-LIMIT 1;
-
 -- name: search_try_rebuild_lock()$
 -- One full rebuild at a time; released with the rebuild's transaction.
 SELECT pg_try_advisory_xact_lock(hashtext('ingest.rebuild_search'));
@@ -60,10 +52,6 @@ removed AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM refreshed) + (SELECT count(*) FROM removed);
-
--- name: search_set_lock_timeout(ms)$
--- For the rest of the transaction: give up on a lock after `ms` instead of queueing readers.
-SELECT set_config('lock_timeout', :ms::integer || 'ms', true);
 
 -- name: search_freeze_rules#
 -- Writers of `rules` wait (readers do not) until the swap commits, so no write is missed.

@@ -20,11 +20,6 @@ FROM stripe_events
 WHERE id = :id
 FOR UPDATE;
 
--- name: stripe_set_lock_timeout(ms)$
--- For the rest of the transaction: a lock held too long fails the attempt (retried later)
--- instead of parking a worker.
-SELECT set_config('lock_timeout', :ms::integer || 'ms', true);
-
 -- name: stripe_mark_processed(id, outcome, payment_intent_id, note)!
 UPDATE stripe_events
 SET processed_at = now(), outcome = :outcome, payment_intent_id = :payment_intent_id,

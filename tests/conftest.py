@@ -99,17 +99,32 @@ async def _admin(url: str, *statements: str) -> None:
         await conn.close()
 
 
+# Databases this run made on a server that outlives it (TEST_DATABASE_URL), dropped once
+# the session ends (`pytest_sessionfinish`). The embedded cluster and the container go with
+# all of theirs.
+_DATABASES_TO_DROP: list[tuple[str, str]] = []
+
+
 @pytest.fixture(scope="session")
 def created_databases(pg_admin_url: str) -> Iterator[list[str]]:
-    """Databases this run made, dropped at the end on a server that outlives the run
-    (TEST_DATABASE_URL). The embedded cluster and the container go with all of theirs: there,
-    several hundred drops (a checkpoint each) outlasted the last test's timeout under load."""
+    """The names of this run's databases. Several hundred drops (a checkpoint each) take
+    minutes on a loaded machine: done in a fixture's teardown they counted against the last
+    test's timeout, so they run after the last test instead."""
     names: list[str] = []
     yield names
-    if not os.environ.get("TEST_DATABASE_URL"):
-        return
-    drops = [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in reversed(names)]
-    asyncio.run(_admin(pg_admin_url, *drops))
+    if os.environ.get("TEST_DATABASE_URL"):
+        _DATABASES_TO_DROP.extend((pg_admin_url, name) for name in reversed(names))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for admin_url in {url for url, _ in _DATABASES_TO_DROP}:
+        drops = [
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+            for url, name in _DATABASES_TO_DROP
+            if url == admin_url
+        ]
+        asyncio.run(_admin(admin_url, *drops))
+    _DATABASES_TO_DROP.clear()
 
 
 def _new_database(admin_url: str, created: list[str], *, template: str | None = None) -> str:
@@ -271,13 +286,14 @@ async def drain_queue(
 ) -> None:
     """Run every job due now to completion (a worker with wait=False), then return; jobs
     scheduled for later stay queued."""
-    from jobs.resources import Resources
+    from app.resources import Resources
 
+    resources = Resources.build(settings, pool=pool, jobs=proc_app)
     await proc_app.run_worker_async(
         wait=False,
         install_signal_handlers=False,
         listen_notify=False,
-        additional_context={"resources": Resources(settings=settings, pool=pool)},
+        additional_context={"resources": resources},
         **({"queues": queues} if queues else {}),
     )
 

@@ -12,6 +12,7 @@ import orjson
 import stripe
 
 from app import stripe_inbox
+from app.db import Database
 from app.http.auth import fingerprint
 from tests.conftest import WEBHOOK_SECRET
 
@@ -159,7 +160,7 @@ async def apply(pool: asyncpg.Pool, evt: dict[str, Any]) -> stripe_inbox.Process
     """Store then process one event, as the webhook and its job would."""
     await store(pool, evt)
     return await stripe_inbox.process_stored_event(
-        pool, event_id=evt["id"], actor="test", timeout=5, lock_timeout_ms=2000
+        Database(pool), event_id=evt["id"], actor="test", lock_timeout_ms=2000
     )
 
 

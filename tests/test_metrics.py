@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from app.db import Database
 from app.settings import Settings
 from tests.conftest import RunningServer, make_settings
 
@@ -105,7 +106,7 @@ async def test_metrics_say_how_far_the_rollup_is_behind_the_facts(
     text = (await http.get("/metrics")).text
     assert _gauge(text, "ingest_rollup_dirty_days") == 2
     assert 90 <= _gauge(text, "ingest_rollup_oldest_change_age_seconds") < 150
-    await run_rollup(pool, settings=settings)
+    await run_rollup(Database(pool), settings=settings)
     text = (await http.get("/metrics")).text
     assert _gauge(text, "ingest_rollup_dirty_days") == 0
     assert _gauge(text, "ingest_rollup_oldest_change_age_seconds") == 0

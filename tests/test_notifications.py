@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from app.db import Database
 from app.notifications import notify_authors
 from app.rollup import run_rollup
 from app.settings import Settings
@@ -73,14 +74,14 @@ async def test_entering_a_top_10_is_notified_once(pool: asyncpg.Pool, settings: 
     today = datetime.now(UTC).date()
     day1, day2 = today - timedelta(days=2), today - timedelta(days=1)
     await insert_events(pool, [Event("VIEW", "rul_n1", "ip", at(day1))])
-    await run_rollup(pool, end_day=day1, days=1, settings=settings)
+    await run_rollup(Database(pool), end_day=day1, days=1, settings=settings)
     await notify(pool, datetime.now(UTC))
     first = await notifications(pool)
     # rul_n1 and usr_a entered every board they appear on: 4 periods x (rule, author) x GLOBAL.
     assert len(first) == 8 and {a for a, _, _ in first} == {"usr_a"}
 
     await insert_events(pool, [Event("VIEW", "rul_n2", "ip", at(day2))])
-    await run_rollup(pool, end_day=day2, days=2, settings=settings)
+    await run_rollup(Database(pool), end_day=day2, days=2, settings=settings)
     await notify(pool, datetime.now(UTC))
     second = (await notifications(pool))[len(first) :]
     # usr_b's rule is new on every board (GLOBAL and TAG go); usr_a stayed in: nothing new,

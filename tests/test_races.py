@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
+from app.db import Database
 from app.rollup import run_rollup, utc_today
 from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer
 from tests.factories import add_source, create_rule
@@ -106,7 +107,7 @@ async def test_views_of_many_rules_from_one_ip_count_once_per_rule(
     answers = await many(server.url, [events_call(b) for b in batches])
     assert [a.status_code for a in answers] == [202] * CLIENTS, [a.text for a in answers]
     assert sum(a.json()["accepted"] for a in answers) == sum(len(b) for b in batches)
-    await run_rollup(pool, end_day=base.date(), days=1, settings=server.app.ctx.settings)
+    await run_rollup(Database(pool), end_day=base.date(), days=1, settings=server.app.ctx.settings)
     rows = await pool.fetch("SELECT rule_id, views FROM rule_metric_daily")
     assert {r["rule_id"]: r["views"] for r in rows} == dict.fromkeys(rules, 1)
 

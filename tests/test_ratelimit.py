@@ -11,6 +11,7 @@ import pytest
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
+from app.db import Database
 from app.http.render import json_response
 from app.ratelimit import MemoryRateLimiter, PostgresRateLimiter
 from tests.conftest import APP_HEADERS, RunningServer, make_settings
@@ -39,7 +40,7 @@ async def test_memory_bucket_bursts_then_refills_at_the_rate() -> None:
 
 
 async def test_postgres_bucket_is_one_atomic_statement(pool: asyncpg.Pool) -> None:
-    limiter = PostgresRateLimiter(pool, timeout=3)
+    limiter = PostgresRateLimiter(Database(pool, acquire_timeout=3))
     decisions = await asyncio.gather(*(limiter.take("shared", 10) for _ in range(15)))
     assert sum(d.allowed for d in decisions) == 10
     refused = [d for d in decisions if not d.allowed]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from app.db import create_pool
+from app.db import Database, create_pool
 from app.rollup import RollupConfig, TrendingWeights, run_rollup, window
 from app.settings import Settings
 from tests.conftest import make_settings
@@ -127,7 +127,7 @@ async def scenario(db_url: str, groups: list[tuple], donations: list[tuple]) -> 
         )
         await load(pool, ref)
         days = window(BASE + timedelta(days=3), 4)
-        await run_rollup(pool, end_day=days[-1], days=4, settings=settings)
+        await run_rollup(Database(pool), end_day=days[-1], days=4, settings=settings)
         await check_against_reference(pool, ref, days)
     finally:
         await pool.close()
@@ -164,7 +164,7 @@ def fixed_reference() -> Reference:
 
 async def roll(pool: asyncpg.Pool, settings: Settings, **kwargs: object) -> object:
     args: dict = {"end_day": BASE + timedelta(days=3), "days": 4, **kwargs}
-    return await run_rollup(pool, settings=settings, **args)
+    return await run_rollup(Database(pool), settings=settings, **args)
 
 
 async def test_views_are_capped_per_ip_rule_and_day(pool: asyncpg.Pool, settings: Settings) -> None:
@@ -202,7 +202,9 @@ async def test_late_event_is_picked_up_and_later_days_follow(
     await insert_events(pool, late)
     # Re-roll only the late event's day: the days after it get their trending and boards
     # recomputed from the new numbers.
-    report = await run_rollup(pool, end_day=BASE + timedelta(days=1), days=1, settings=settings)
+    report = await run_rollup(
+        Database(pool), end_day=BASE + timedelta(days=1), days=1, settings=settings
+    )
     assert report.refreshed_days == [BASE + timedelta(days=2), BASE + timedelta(days=3)]
     assert (await rule_rows(pool))[("rul_b", BASE + timedelta(days=1))]["forks"] == 1
     await check_against_reference(pool, ref, window(BASE + timedelta(days=3), 4))
@@ -295,7 +297,7 @@ async def test_leaderboard_ties_and_scopes(pool: asyncpg.Pool, settings: Setting
         Event("VIEW", "rul_x", "ip1", at(BASE)),
     ]
     await insert_events(pool, events)
-    await run_rollup(pool, end_day=BASE, days=1, settings=settings)
+    await run_rollup(Database(pool), end_day=BASE, days=1, settings=settings)
     board = await pool.fetch(
         "SELECT scope, scope_key, entity, rank, entity_id, score FROM leaderboard_snapshot"
         " WHERE day = $1 AND period = 'DAILY' ORDER BY entity, scope, scope_key, rank",
@@ -322,7 +324,7 @@ async def test_board_size_limits_each_board(pool: asyncpg.Pool, db_url: str) -> 
     await insert_rules(pool, rules)
     await insert_events(pool, [Event("VIEW", r.id, "ip", at(BASE)) for r in rules])
     settings = make_settings(db_url, leaderboard_size=10)
-    await run_rollup(pool, end_day=BASE, days=1, settings=settings)
+    await run_rollup(Database(pool), end_day=BASE, days=1, settings=settings)
     sizes = await pool.fetch(
         "SELECT period, entity, count(*) AS n, max(rank) AS top FROM leaderboard_snapshot"
         " GROUP BY period, entity"
@@ -351,7 +353,7 @@ async def test_sparse_boards_are_ranked_beyond_the_head(pool: asyncpg.Pool, db_u
     await insert_rules(pool, rules)
     await insert_events(pool, ref.events)
     settings = make_settings(db_url, leaderboard_size=2)  # a head of 40 rules per period
-    await run_rollup(pool, end_day=BASE, days=10, settings=settings)
+    await run_rollup(Database(pool), end_day=BASE, days=10, settings=settings)
     board = await board_rows(pool, BASE)
     assert board == ref.leaderboards(BASE)
     assert {(r[3], r[5]) for r in board if r[:2] == ("DAILY", "RULE") and r[4] == 1} >= {
@@ -382,7 +384,7 @@ async def test_retention_skips_days_whose_events_may_be_purged(
 ) -> None:
     settings = make_settings(db_url, event_retention_days=40)
     old = date.today() - timedelta(days=45)
-    report = await run_rollup(pool, end_day=old, days=1, settings=settings)
+    report = await run_rollup(Database(pool), end_day=old, days=1, settings=settings)
     assert report.days == [] and report.skipped_days == [old]
 
 
@@ -424,7 +426,7 @@ async def test_a_fact_written_by_a_transaction_open_during_a_run_keeps_its_day_d
         await tx.commit()
     dirty = await pool.fetch("SELECT day, reasons FROM rollup_dirty_days")
     assert [(r["day"], r["reasons"]) for r in dirty] == [(day, ["events"])]
-    report = await run_rollup(pool, settings=settings)
+    report = await run_rollup(Database(pool), settings=settings)
     assert report.days == [day]
     assert (await rule_rows(pool))[("rul_c", day)]["forks"] == 1
     assert await pool.fetchval("SELECT count(*) FROM rollup_dirty_days") == 0
@@ -447,7 +449,7 @@ async def test_updated_and_deleted_facts_make_their_days_dirty(
         (BASE + timedelta(days=1), ["donations", "events"]),
         (moved, ["events"]),
     ]
-    await run_rollup(pool, settings=settings)
+    await run_rollup(Database(pool), settings=settings)
     rows = await rule_rows(pool)
     assert ("rul_b", BASE + timedelta(days=1)) not in rows
     assert rows[("rul_b", moved)]["copies"] == 2

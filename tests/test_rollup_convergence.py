@@ -15,7 +15,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from app.client_ip import IpHasher
-from app.db import create_pool
+from app.db import Database, create_pool
 from app.events import ingest_batch, prepare_batch
 from app.rollup import Reason, run_rollup, utc_today
 from app.settings import Settings
@@ -139,10 +139,10 @@ async def apply_step(pool: asyncpg.Pool, settings: Settings, step: tuple, n: int
         async with pool.acquire() as conn:
             await change_donation(conn, step)
     elif kind == "refresh":
-        await run_rollup(pool, settings=settings)
+        await run_rollup(Database(pool), settings=settings)
     elif kind == "nightly":
         await run_rollup(
-            pool,
+            Database(pool),
             settings=settings,
             end_day=today - timedelta(days=1),
             days=2,
@@ -150,7 +150,7 @@ async def apply_step(pool: asyncpg.Pool, settings: Settings, step: tuple, n: int
         )
     else:
         end = today - timedelta(days=step[1])
-        await run_rollup(pool, settings=settings, end_day=end, days=step[2])
+        await run_rollup(Database(pool), settings=settings, end_day=end, days=step[2])
 
 
 async def copy_facts(source: asyncpg.Pool, target: asyncpg.Pool) -> None:
@@ -212,7 +212,7 @@ async def scenario(db_url: str, fresh_url: str, plan: list[tuple]) -> None:
         await insert_rules(pool, RULES)
         for n, step in enumerate(plan):
             await apply_step(pool, settings, step, n)
-        await run_rollup(pool, settings=settings)  # the schedule's refresh, once more
+        await run_rollup(Database(pool), settings=settings)  # the schedule's refresh, once more
         assert await pool.fetchval("SELECT count(*) FROM rollup_dirty_days") == 0
 
         await copy_facts(pool, fresh)
@@ -220,7 +220,7 @@ async def scenario(db_url: str, fresh_url: str, plan: list[tuple]) -> None:
         if rolled:
             span = (rolled[-1] - rolled[0]).days + 1
             await run_rollup(
-                fresh, settings=make_settings(fresh_url), end_day=rolled[-1], days=span
+                Database(fresh), settings=make_settings(fresh_url), end_day=rolled[-1], days=span
             )
         assert await rule_rows(pool) == await rule_rows(fresh)  # counts and trending
         assert await author_rows(pool) == await author_rows(fresh)

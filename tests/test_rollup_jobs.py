@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 import jobs
+from app.db import Database
 from app.rollup import utc_today, window
 from jobs.rollup import NIGHTLY_CRON, REFRESH_CRON
 from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer
@@ -388,7 +389,7 @@ async def test_events_through_the_public_endpoint_roll_up(
     assert response.status_code == 202, response.text
     from app.rollup import run_rollup
 
-    await run_rollup(pool, end_day=today, days=4, settings=server.app.ctx.settings)
+    await run_rollup(Database(pool), end_day=today, days=4, settings=server.app.ctx.settings)
     rows = counts_of(await rule_rows(pool), COUNT_COLUMNS)
     for offset in range(3):
         day = today - timedelta(days=offset + 1)

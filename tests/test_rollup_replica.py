@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from app.db import create_pool
+from app.db import Database, create_pool
 from app.rollup import RollupReport, run_rollup, window
-from app.rollup.run import events_database_url, open_events_pool, rollup_and_record
+from app.rollup.run import events_database_url, open_events_db, rollup_and_record
 from app.rollup.store import count_day_events, stage_day, stage_rule_rows
 from app.settings import Settings
 from tests.conftest import _admin, make_settings
@@ -235,7 +235,7 @@ async def test_unset_rollup_database_url_uses_the_primary_only(
     unset = make_settings(db_url)
     same = make_settings(db_url, rollup_database_url=db_url)
     assert events_database_url(unset) is None and events_database_url(same) is None
-    assert await open_events_pool(unset) is None and await open_events_pool(same) is None
+    assert await open_events_db(unset) is None and await open_events_db(same) is None
     assert events_database_url(make_settings(db_url, rollup_database_url=replica_url))
 
     await roll(unset)
@@ -256,7 +256,10 @@ async def test_the_simulated_replica_refuses_a_whole_rollup(replica_url: str) ->
     try:
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await run_rollup(
-                pool, end_day=DAYS[-1], days=len(DAYS), settings=make_settings(replica_url)
+                Database(pool),
+                end_day=DAYS[-1],
+                days=len(DAYS),
+                settings=make_settings(replica_url),
             )
     finally:
         await pool.close()

@@ -13,7 +13,9 @@ import pytest
 import jobs
 from app import search
 from app.db import init_connection
-from jobs.search import REBUILD_TASK, rebuild_in_transaction, rebuild_search_index
+from app.queue import REBUILD_SEARCH_LOCK
+from app.queue import REBUILD_SEARCH_TASK as REBUILD_TASK
+from app.search import rebuild_in_transaction, rebuild_search_index
 from tests.conftest import APP_HEADERS, CRON_HEADERS
 from tests.factories import create_rule, create_user
 
@@ -299,7 +301,7 @@ async def test_rebuild_endpoint_needs_the_cron_secret(http: httpx.AsyncClient) -
 def test_rebuild_task_is_nightly_with_a_queueing_lock() -> None:
     jobs.app.perform_import_paths()
     task = jobs.app.tasks[REBUILD_TASK]
-    assert task.queueing_lock == search.REBUILD_QUEUEING_LOCK
+    assert task.queueing_lock == REBUILD_SEARCH_LOCK
     assert task.lock is None
     periodic: dict[str, Any] = {
         p.task.name: p.cron for p in jobs.app.periodic_registry.periodic_tasks.values()

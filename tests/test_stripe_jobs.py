@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 
 from app.cli import main
+from app.resources import Resources
 from app.settings import Settings
-from jobs.resources import Resources
-from jobs.stripe import PROCESS_TASK, SWEEP_TASK, defer_processing, sweep_inbox
+from jobs.stripe import PROCESS_TASK, SWEEP_TASK, sweep_inbox
 from tests.conftest import drain_queue, make_settings
 from tests.stripe_helpers import apply, charge, donation, event, new_id, payment_intent, store
 
@@ -35,7 +35,9 @@ async def test_a_failing_task_is_retried_and_then_succeeds(
     await apply(pool, event("payment_intent.succeeded", payment_intent(pi), at=1))
     refund = event("charge.refunded", charge(pi, ch, refunded=500), at=5)
     await store(pool, refund)
-    assert await defer_processing(proc_app, event_id=refund["id"])
+    assert await Resources.build(settings, pool=pool, jobs=proc_app).queue.stripe_event(
+        refund["id"]
+    )
 
     holder = await pool.acquire()
     blocking = holder.transaction()
@@ -84,12 +86,12 @@ async def test_the_sweeper_picks_up_a_row_stranded_without_a_job(
         "UPDATE stripe_events SET received_at = now() - interval '10 minutes' WHERE id <> $1",
         fresh["id"],
     )
-    assert await defer_processing(proc_app, event_id=queued["id"])
-    res = Resources(settings=settings, pool=pool)
+    res = Resources.build(settings, pool=pool, jobs=proc_app)
+    assert await res.queue.stripe_event(queued["id"])
 
-    report = await sweep_inbox(proc_app, res)
+    report = await sweep_inbox(res)
     assert report.requeued == [stranded["id"]]  # not the young one, not the queued one
-    again = await sweep_inbox(proc_app, res)
+    again = await sweep_inbox(res)
     assert again.requeued == []  # its job is waiting now: never two
     await drain_queue(proc_app, pool, settings)
     processed = await pool.fetch("SELECT id FROM stripe_events WHERE processed_at IS NOT NULL")
@@ -112,7 +114,7 @@ async def test_the_sweeper_retakes_exhausted_rows_with_growing_back_off(
         "THEN now() - interval '30 minutes' ELSE now() - interval '5 minutes' END",
         due["id"],
     )
-    report = await sweep_inbox(proc_app, Resources(settings=settings, pool=pool))
+    report = await sweep_inbox(Resources.build(settings, pool=pool, jobs=proc_app))
     assert report.requeued == [due["id"]]
 
 

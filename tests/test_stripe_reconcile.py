@@ -16,6 +16,7 @@ import pytest
 
 from app import stripe_inbox, stripe_reconcile
 from app.cli import main
+from app.db import Database
 from app.errors import StripeApiUnavailable
 from app.settings import Settings
 from jobs.stripe import RECONCILE_TASK
@@ -71,7 +72,7 @@ def paid(pi: str, *, amount: int = 500, ago: int = HOUR) -> dict[str, Any]:
 async def reconcile(pool: asyncpg.Pool, settings: Settings, **kw: Any) -> Any:
     async with stripe_reconcile.stripe_client(settings) as client:
         return await stripe_reconcile.reconcile(
-            pool, client=client, settings=settings, actor="test", **kw
+            Database(pool), client=client, settings=settings, actor="test", **kw
         )
 
 

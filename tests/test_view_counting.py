@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from app.db import Database
 from app.rollup import run_rollup, utc_today
 from app.settings import Settings
 from tests.conftest import APP_HEADERS
@@ -51,13 +52,13 @@ async def test_one_view_per_ten_minute_slot_and_five_a_day(
     ]
     await send(http, views(rule, times))
     await send(http, views(rule, [at(day, 12, 0)], ip="198.51.100.8"))  # another client
-    await run_rollup(pool, end_day=day + timedelta(days=1), days=2, settings=settings)
+    await run_rollup(Database(pool), end_day=day + timedelta(days=1), days=2, settings=settings)
     assert await counted(pool, rule) == {day: 3 + 1, day + timedelta(days=1): 1}
 
     # Five more slots of the first client that day, eight in all: capped at five per client,
     # rule and day.
     await send(http, views(rule, [at(day, 14, 10 * n) for n in range(1, 6)]))
-    await run_rollup(pool, settings=settings)  # the refresh: only the dirty day
+    await run_rollup(Database(pool), settings=settings)  # the refresh: only the dirty day
     assert (await counted(pool, rule))[day] == 5 + 1
 
 
@@ -79,9 +80,9 @@ async def test_the_same_views_in_any_order_and_lateness_count_alike(
     on_time, late = shuffled[:40], shuffled[40:]
     for start in range(0, len(on_time), 7):
         await send(http, views(b, on_time[start : start + 7]))
-    await run_rollup(pool, end_day=today, days=7, settings=settings)
+    await run_rollup(Database(pool), end_day=today, days=7, settings=settings)
     await send(http, views(b, late))
-    await run_rollup(pool, settings=settings)  # the schedule's refresh
+    await run_rollup(Database(pool), settings=settings)  # the schedule's refresh
     assert await counted(pool, a) == await counted(pool, b)
     trending = await pool.fetch(
         "SELECT rule_id, day, trending_score FROM rule_metric_daily ORDER BY day"
@@ -98,10 +99,10 @@ async def test_a_late_view_days_before_the_latest_one_counts(
     rule = await create_rule(pool)
     latest = utc_today() - timedelta(days=1)
     await send(http, views(rule, [at(latest, 0, 5)]))
-    await run_rollup(pool, end_day=latest, days=1, settings=settings)
+    await run_rollup(Database(pool), end_day=latest, days=1, settings=settings)
     earlier = latest - timedelta(days=4)
     await send(http, views(rule, [at(earlier, 18, 0)]))  # four days older than the stored one
-    report = await run_rollup(pool, settings=settings)
+    report = await run_rollup(Database(pool), settings=settings)
     assert report.days == [earlier] and report.reasons[earlier.isoformat()] == ["never_rolled"]
     assert report.refreshed_days == [latest]  # its trending and boards read the earlier day
     assert await counted(pool, rule) == {earlier: 1, latest: 1}

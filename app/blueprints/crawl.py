@@ -10,7 +10,6 @@ from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from app.crawl import MAX_BODY_BYTES, MAX_ITEMS, CrawlBatch, CrawlItem, import_items, validate_items
-from app.db import transaction
 from app.http.openapi import (
     APP_TOKEN,
     ResponseModel,
@@ -67,13 +66,12 @@ async def ingest_crawl(request: Request) -> HTTPResponse:
     """200 with counts and per-item outcomes; invalid items are listed, not fatal."""
     batch = parse_body(request, CrawlBatch)
     items = validate_items(batch.items)
-    settings = request.app.ctx.settings
-    async with transaction(request.app.ctx.pool, timeout=settings.db_acquire_timeout_s) as conn:
-        report = await import_items(
-            conn,
-            source_id=batch.source_id,
-            items=items,
-            actor=request.ctx.actor,
-            request_id=request.ctx.request_id,
-        )
+    report = await request.app.ctx.res.db.run(
+        "crawl.import_items",
+        import_items,
+        source_id=batch.source_id,
+        items=items,
+        actor=request.ctx.actor,
+        request_id=request.ctx.request_id,
+    )
     return json_response(report.as_json())

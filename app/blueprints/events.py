@@ -23,7 +23,6 @@ from app.events import (
     EventBatch,
     EventType,
     check_batch_size,
-    ip_hasher,
     prepare_batch,
     store_batch,
 )
@@ -115,7 +114,8 @@ async def ingest_events(request: Request) -> HTTPResponse:
         envelope = EventBatch.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed(details=validation_details(exc)) from exc
-    hasher = await ip_hasher(request.app.ctx)
+    res = request.app.ctx.res
+    hasher = await res.ip_hasher()
     request_ip = forwarded_or_peer(request.headers.get("x-forwarded-for"), request.ip)
     batch = prepare_batch(
         envelope.events,
@@ -123,12 +123,7 @@ async def ingest_events(request: Request) -> HTTPResponse:
         request_ip_hash=hasher.hash(request_ip or "0.0.0.0"),
         hasher=hasher,
     )
-    settings = request.app.ctx.settings
     report = await store_batch(
-        request.app.ctx.pool,
-        batch=batch,
-        actor=request.ctx.actor,
-        request_id=request.ctx.request_id,
-        timeout=settings.db_acquire_timeout_s,
+        res.db, batch=batch, actor=request.ctx.actor, request_id=request.ctx.request_id
     )
     return json_response(report.as_json(), status=202)

@@ -12,7 +12,7 @@ from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from app import __version__
-from app.db import MISCONFIGURATION_ERRORS, MISCONFIGURATION_HINT, UNAVAILABLE_ERRORS, ping
+from app.db import MISCONFIGURATION_ERRORS, MISCONFIGURATION_HINT, UNAVAILABLE_ERRORS
 from app.http.openapi import ResponseModel, json_response_of
 from app.http.render import json_response
 
@@ -52,11 +52,10 @@ class Health(ResponseModel):
 async def health(request: Request) -> HTTPResponse:
     """200 when the database answers within two seconds and accepts the service's statements
     (none failed as misconfigured in the last minute), 503 otherwise."""
-    faults = request.app.ctx.database_faults
+    db = request.app.ctx.res.db
+    faults = db.faults
     try:
-        latency = await asyncio.wait_for(
-            ping(request.app.ctx.pool, timeout=HEALTH_DB_TIMEOUT_S), HEALTH_DB_TIMEOUT_S
-        )
+        latency = await asyncio.wait_for(db.ping(), HEALTH_DB_TIMEOUT_S)
         database: dict[str, object] = {"reachable": True, "latencyMs": round(latency, 2)}
     except UNAVAILABLE_ERRORS:
         database = {"reachable": False, "latencyMs": None}

@@ -7,14 +7,18 @@ from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from app import metrics
-from app.db import UNAVAILABLE_ERRORS
-from app.errors import Unauthorized
+from app.db import Unit
+from app.errors import DatabaseUnavailable, Unauthorized
 from app.http.auth import matches_any
 from app.http.openapi import METRICS_TOKEN_SCHEME, error_responses
 from app.rollup.config import retention_floor_of, utc_today
 from app.settings import split_secret
 
 bp = Blueprint("metrics")
+
+
+# Reads only: no transaction around the scrape's queries.
+SCRAPE = Unit("metrics.database_gauges", transaction=False)
 
 
 @bp.get("/metrics")
@@ -39,15 +43,13 @@ async def scrape(request: Request) -> HTTPResponse:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or matches_any(token.strip(), accepted) is None:
             raise Unauthorized("missing or invalid bearer token for /metrics")
-    metrics.observe_pool(request.app.ctx.pool)
+    db = request.app.ctx.res.db
+    metrics.observe_pool(db.pool)
     try:
-        async with request.app.ctx.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
-            floor = retention_floor_of(settings, utc_today())
-            families = [
-                *await metrics.database_gauges(conn, rollup_floor=floor),
-                metrics.database_up(True),
-            ]
-    except UNAVAILABLE_ERRORS:
+        floor = retention_floor_of(settings, utc_today())
+        gauges = await db.run(SCRAPE, metrics.database_gauges, rollup_floor=floor)
+        families = [*gauges, metrics.database_up(True)]
+    except DatabaseUnavailable:
         # The process metrics are still worth serving while the database is down.
         families = [metrics.database_up(False)]
     body, content_type = metrics.render(families)

@@ -20,7 +20,6 @@ from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from app import audit, rollup
-from app.db import transaction
 from app.http.openapi import (
     CRON_SECRET,
     JobQueued,
@@ -30,7 +29,6 @@ from app.http.openapi import (
     json_response_of,
 )
 from app.http.render import json_response, parse_body
-from jobs.rollup import defer_rollup
 
 bp = Blueprint("rollup")
 
@@ -118,50 +116,43 @@ async def trigger_rollup(request: Request) -> HTTPResponse:
     body = parse_body(request, RollupRequest, empty_ok=True)
     if body.dry_run:
         return await _dry_run(request, body)
-    settings = request.app.ctx.settings
-    pool = request.app.ctx.pool
-    queued = await defer_rollup(
-        request.app.ctx.jobs,
-        pool,
-        end_day=body.date,
-        days=body.days_to_process,
-        timeout=settings.db_acquire_timeout_s,
+    res = request.app.ctx.res
+    queued = await res.queue.rollup(end_day=body.date, days=body.days_to_process)
+    await res.db.run(
+        "audit.rollup_requested",
+        audit.record,
+        actor=request.ctx.actor,
+        action="rollup.requested",
+        subject=f"job:{queued.job_id}",
+        request_id=request.ctx.request_id,
+        details={
+            "jobId": queued.job_id,
+            "alreadyQueued": queued.already_queued,
+            "date": body.date.isoformat() if body.date else None,
+            "daysToProcess": body.days_to_process,
+        },
     )
-    async with transaction(pool, timeout=settings.db_acquire_timeout_s) as conn:
-        await audit.record(
-            conn,
-            actor=request.ctx.actor,
-            action="rollup.requested",
-            subject=f"job:{queued.job_id}",
-            request_id=request.ctx.request_id,
-            details={
-                "jobId": queued.job_id,
-                "alreadyQueued": queued.already_queued,
-                "date": body.date.isoformat() if body.date else None,
-                "daysToProcess": body.days_to_process,
-            },
-        )
     answer = {"jobId": queued.job_id, "status": "queued", "alreadyQueued": queued.already_queued}
     return json_response(answer, status=202)
 
 
 async def _dry_run(request: Request, body: RollupRequest) -> HTTPResponse:
-    settings = request.app.ctx.settings
+    res = request.app.ctx.res
     report = await rollup.run_rollup(
-        request.app.ctx.pool,
+        res.db,
         end_day=body.date or rollup.utc_today(),
         days=body.days_to_process,
-        settings=settings,
+        settings=res.settings,
         dry_run=True,
         actor=request.ctx.actor,
     )
-    async with transaction(request.app.ctx.pool, timeout=settings.db_acquire_timeout_s) as conn:
-        await audit.record(
-            conn,
-            actor=request.ctx.actor,
-            action="rollup.dry_run",
-            subject=f"rollup_run:{report.run_id}",
-            request_id=request.ctx.request_id,
-            details=rollup.report_details(report),
-        )
+    await res.db.run(
+        "audit.rollup_dry_run",
+        audit.record,
+        actor=request.ctx.actor,
+        action="rollup.dry_run",
+        subject=f"rollup_run:{report.run_id}",
+        request_id=request.ctx.request_id,
+        details=rollup.report_details(report),
+    )
     return json_response({"status": "dry_run", **report.as_json()})

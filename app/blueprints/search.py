@@ -11,7 +11,6 @@ from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from app import audit, search
-from app.db import transaction
 from app.errors import ValidationFailed
 from app.http.openapi import (
     APP_TOKEN,
@@ -23,7 +22,6 @@ from app.http.openapi import (
     query_parameters,
 )
 from app.http.render import json_response, validation_details
-from jobs.search import defer_rebuild
 
 bp = Blueprint("search")
 
@@ -94,18 +92,17 @@ def _search_params(request: Request) -> SearchParams:
 )
 async def rebuild_search(request: Request) -> HTTPResponse:
     """202 with the queued job; while one waits, every call answers with that same job."""
-    settings = request.app.ctx.settings
-    pool = request.app.ctx.pool
-    queued = await defer_rebuild(request.app.ctx.jobs, pool, timeout=settings.db_acquire_timeout_s)
-    async with transaction(pool, timeout=settings.db_acquire_timeout_s) as conn:
-        await audit.record(
-            conn,
-            actor=request.ctx.actor,
-            action="search.rebuild_requested",
-            subject=f"job:{queued.job_id}",
-            request_id=request.ctx.request_id,
-            details={"jobId": queued.job_id, "alreadyQueued": queued.already_queued},
-        )
+    res = request.app.ctx.res
+    queued = await res.queue.search_rebuild()
+    await res.db.run(
+        "audit.search_rebuild_requested",
+        audit.record,
+        actor=request.ctx.actor,
+        action="search.rebuild_requested",
+        subject=f"job:{queued.job_id}",
+        request_id=request.ctx.request_id,
+        details={"jobId": queued.job_id, "alreadyQueued": queued.already_queued},
+    )
     body = {"jobId": queued.job_id, "status": "queued", "alreadyQueued": queued.already_queued}
     return json_response(body, status=202)
 
@@ -124,8 +121,8 @@ async def internal_search(request: Request) -> HTTPResponse:
     """Ranked rules for `q` (web-search syntax), the same ranking the main API gets."""
     params = _search_params(request)
     query = params.q.strip(QUERY_SPACE)
-    settings = request.app.ctx.settings
-    async with transaction(request.app.ctx.pool, timeout=settings.db_acquire_timeout_s) as conn:
-        hits = await search.search_rules(conn, query=query, limit=params.limit)
+    hits = await request.app.ctx.res.db.run(
+        "search.search_rules", search.search_rules, query=query, limit=params.limit
+    )
     body = {"query": query, "count": len(hits), "results": [hit.as_json() for hit in hits]}
     return json_response(body)

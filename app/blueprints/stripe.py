@@ -15,7 +15,6 @@ from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from app import metrics, stripe_inbox
-from app.db import transaction
 from app.errors import DatabaseUnavailable, StripeEventInvalid, StripeSignatureInvalid
 from app.http.openapi import (
     STRIPE_SIGNATURE,
@@ -25,7 +24,6 @@ from app.http.openapi import (
     json_response_of,
 )
 from app.http.render import json_response, unstorable
-from jobs.stripe import defer_processing
 
 bp = Blueprint("stripe")
 logger = logging.getLogger("ingest.stripe")
@@ -69,7 +67,6 @@ class WebhookReceipt(ResponseModel):
 async def stripe_webhook(request: Request) -> HTTPResponse:
     """200 once the event is committed to the inbox (a redelivery too); 401 when unverified."""
     settings = request.app.ctx.settings
-    timeout = settings.db_acquire_timeout_s
     body = request.body or b""
     try:
         _refuse_unstorable(body)
@@ -83,10 +80,12 @@ async def stripe_webhook(request: Request) -> HTTPResponse:
         metrics.WEBHOOKS.labels("unverified", "rejected").inc()
         await _audit_rejection(request, exc, len(body))
         raise
-    async with transaction(request.app.ctx.pool, timeout=timeout) as conn:
-        receipt = await stripe_inbox.store_event(
-            conn, event=event, request_id=request.ctx.request_id
-        )
+    receipt = await request.app.ctx.res.db.run(
+        "stripe.store_event",
+        stripe_inbox.store_event,
+        event=event,
+        request_id=request.ctx.request_id,
+    )
     metrics.WEBHOOKS.labels(event.type, "duplicate" if receipt.duplicate else "stored").inc()
     if not receipt.processed:
         await _defer(request, event.id)
@@ -110,12 +109,12 @@ async def _audit_rejection(
 ) -> None:
     """Audit the refusal; with the database down, the 400 still stands (nothing was stored)."""
     try:
-        await stripe_inbox.record_rejection(
-            request.app.ctx.pool,
+        await request.app.ctx.res.db.run(
+            "stripe.record_rejection",
+            stripe_inbox.record_rejection,
             error=error,
             body_bytes=body_bytes,
             request_id=request.ctx.request_id,
-            timeout=request.app.ctx.settings.db_acquire_timeout_s,
         )
     except DatabaseUnavailable:
         logger.warning(
@@ -127,7 +126,7 @@ async def _audit_rejection(
 async def _defer(request: Request, event_id: str) -> None:
     """Queue processing after the commit; if that fails, the sweeper queues it within minutes."""
     try:
-        await defer_processing(request.app.ctx.jobs, event_id=event_id)
+        await request.app.ctx.res.queue.stripe_event(event_id)
     except Exception:
         logger.warning(
             "Stripe event stored but not queued; the sweeper will queue it",

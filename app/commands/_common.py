@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from app.db import Database, create_pool
 from app.errors import ConfigurationError
 from app.local import recorded_database_url
 from app.settings import Settings
@@ -15,3 +20,30 @@ def database_url(settings: Settings) -> str:
             "DATABASE_URL is not set and no local service is running (start one with `make run`)"
         )
     return url
+
+
+def operator_actor() -> str:
+    """Audit actor for operator commands: the shell user, never a credential."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def command_db(settings: Settings, *, max_size: int = 2) -> AbstractAsyncContextManager[Database]:
+    """A small pool for one operator command, on `database_url`, closed when it ends."""
+    return database_at(
+        database_url(settings), max_size=max_size, acquire_timeout=settings.db_acquire_timeout_s
+    )
+
+
+@asynccontextmanager
+async def database_at(
+    url: str, *, max_size: int = 1, acquire_timeout: float = 5.0
+) -> AsyncIterator[Database]:
+    pool = await create_pool(url, min_size=1, max_size=max_size)
+    db = Database(pool, acquire_timeout=acquire_timeout)
+    try:
+        yield db
+    finally:
+        await db.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from app import queue
 from app.commands._common import database_url
 from app.db import connect, init_connection
 from app.errors import NotFound
@@ -37,8 +38,6 @@ async def _show(url: str, limit: int) -> None:
 
 async def _retry(url: str, job_id: int) -> int:
     """Defer a fresh job with the failed job's task, arguments and locks; return its id."""
-    import jobs
-
     conn = await connect(url)
     try:
         await init_connection(conn)
@@ -51,7 +50,7 @@ async def _retry(url: str, job_id: int) -> int:
         raise NotFound(
             f"job #{job_id} is {job['status']}, not failed; only failed jobs are retried"
         )
-    app = jobs.create_app(url)
+    app = queue.job_app(url)
     async with app.open_async():
         task = app.configure_task(
             job["task_name"],

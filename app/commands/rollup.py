@@ -11,27 +11,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import getpass
 import json
 from typing import Any
 
 import asyncpg
 
 from app import rollup
-from app.commands._common import database_url
-from app.db import create_pool
+from app.commands._common import command_db, database_url, operator_actor
+from app.db import Unit
 from app.rollup.plan import dirty_days
 from app.settings import Settings
 from app.sql import queries
 
 STATUS_RUNS = 5
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
 
 
 def _day(text: str) -> dt.date:
@@ -64,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
             _settings(),
             end_day=args.date or rollup.utc_today(),
             days=0 if args.refresh else args.days,
-            actor=_actor(),
+            actor=operator_actor(),
             dry_run=args.dry_run,
         )
     )
@@ -72,16 +64,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Reads only.
+STATUS_READS = Unit("rollup.status", transaction=False)
+
+
+async def _recent_runs(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    return [dict(r) async for r in queries.rollup_recent_runs(conn, limit_=STATUS_RUNS)]
+
+
 async def _status(settings: Settings) -> dict[str, Any]:
     """The dirty days (what the next run will roll, and why) and the last runs."""
-    assert settings.database_url is not None
-    pool: asyncpg.Pool = await create_pool(settings.database_url, min_size=0, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            dirty = await dirty_days(conn)
-            runs = [dict(r) async for r in queries.rollup_recent_runs(conn, limit_=STATUS_RUNS)]
-    finally:
-        await pool.close()
+    async with command_db(settings, max_size=1) as db:
+        dirty = await db.run(STATUS_READS, dirty_days)
+        runs = await db.run(STATUS_READS, _recent_runs)
     return {
         "dirtyDays": [
             {"day": d.day, "reasons": list(d.reasons), "changedSince": d.changed_since}

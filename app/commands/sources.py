@@ -9,37 +9,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
 
 from app import audit
-from app.commands._common import database_url
+from app.commands._common import database_at, database_url, operator_actor
 from app.crawl import CrawlSource, assign_curator, list_sources, register_source
-from app.db import connect, init_connection
 from app.settings import Settings
 
 T = TypeVar("T")
 
 
-def _actor() -> str:
-    """Audit actor for operator commands: the shell user, never a credential."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
-
-
-async def _in_transaction(url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    conn = await connect(url)
-    try:
-        await init_connection(conn)
-        async with conn.transaction():
-            return await work(conn)
-    finally:
-        await conn.close()
+async def _in_transaction(
+    url: str, name: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    async with database_at(url) as db:
+        return await db.run(name, work)
 
 
 async def add_source(url: str, *, name: str, curator_id: str) -> str:
@@ -49,14 +36,14 @@ async def add_source(url: str, *, name: str, curator_id: str) -> str:
         source_id = await register_source(conn, name=name, curator_id=curator_id)
         await audit.record(
             conn,
-            actor=_actor(),
+            actor=operator_actor(),
             action="crawl.source_added",
             subject=source_id,
             details={"name": name, "curatorId": curator_id},
         )
         return source_id
 
-    return await _in_transaction(url, work)
+    return await _in_transaction(url, "sources.add", work)
 
 
 async def set_curator(url: str, *, source_id: str, curator_id: str) -> None:
@@ -64,17 +51,17 @@ async def set_curator(url: str, *, source_id: str, curator_id: str) -> None:
         await assign_curator(conn, source_id=source_id, curator_id=curator_id)
         await audit.record(
             conn,
-            actor=_actor(),
+            actor=operator_actor(),
             action="crawl.source_curator_set",
             subject=source_id,
             details={"curatorId": curator_id},
         )
 
-    await _in_transaction(url, work)
+    await _in_transaction(url, "sources.set_curator", work)
 
 
 async def show_sources(url: str) -> list[CrawlSource]:
-    return await _in_transaction(url, list_sources)
+    return await _in_transaction(url, "sources.list", list_sources)
 
 
 def format_sources(sources: list[CrawlSource]) -> str:

@@ -15,70 +15,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 
-import asyncpg
-
 from app import stripe_inbox, stripe_reconcile
-from app.commands._common import database_url
-from app.db import create_pool
+from app.commands._common import command_db, operator_actor
+from app.db import Database
 from app.settings import Settings
 
 
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
-
-
 async def _replay(settings: Settings, event_id: str) -> stripe_inbox.ProcessResult:
-    pool = await create_pool(database_url(settings), min_size=1, max_size=2)
-    try:
+    async with command_db(settings) as db:
         return await stripe_inbox.process_stored_event(
-            pool,
+            db,
             event_id=event_id,
-            actor=_actor(),
-            timeout=settings.db_acquire_timeout_s,
+            actor=operator_actor(),
             lock_timeout_ms=settings.stripe_lock_timeout_ms,
             force=True,
         )
-    finally:
-        await pool.close()
 
 
 async def _pending(settings: Settings, limit: int) -> list[dict[str, object]]:
-    pool = await create_pool(database_url(settings), min_size=1, max_size=1)
-    try:
-        async with pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
-            return await stripe_inbox.pending_events(conn, limit=limit)
-    finally:
-        await pool.close()
+    async with command_db(settings, max_size=1) as db:
+        return await db.run("stripe.pending_events", stripe_inbox.pending_events, limit=limit)
 
 
 async def _reconcile(settings: Settings, since: str | None) -> dict[str, object]:
     since_at = stripe_reconcile.parse_since(since) if since else None
-    pool = await create_pool(database_url(settings), min_size=1, max_size=2)
-    try:
+    async with command_db(settings) as db:
         async with stripe_reconcile.stripe_client(settings) as client:
             report = await stripe_reconcile.reconcile(
-                pool, client=client, settings=settings, actor=_actor(), since=since_at
+                db, client=client, settings=settings, actor=operator_actor(), since=since_at
             )
-        applied = [await _apply_recovered(pool, settings, e) for e in report.recovered]
-    finally:
-        await pool.close()
+        applied = [await _apply_recovered(db, settings, e) for e in report.recovered]
     return {**report.as_json(), "processed": dict(zip(report.recovered, applied, strict=True))}
 
 
-async def _apply_recovered(pool: asyncpg.Pool, settings: Settings, event_id: str) -> str:
+async def _apply_recovered(db: Database, settings: Settings, event_id: str) -> str:
     """The outcome of applying one recovered event here, or why it is left to the jobs."""
     try:
         result = await stripe_inbox.process_stored_event(
-            pool,
+            db,
             event_id=event_id,
-            actor=_actor(),
-            timeout=settings.db_acquire_timeout_s,
+            actor=operator_actor(),
             lock_timeout_ms=settings.stripe_lock_timeout_ms,
         )
     except Exception as exc:  # recorded on the inbox row; the sweeper retries it

@@ -78,7 +78,8 @@ class JsonErrorHandler(ErrorHandler):
         headers: dict[str, str] = {}
         details: list[Any] = []
         if isinstance(exception, MISCONFIGURATION_ERRORS):
-            request.app.ctx.database_faults.record(exception)  # logged once, /health goes red
+            # Outside a unit of work (which records it itself): logged once, /health goes red.
+            request.app.ctx.res.db.faults.record(exception)
             exception = DatabaseMisconfigured(MISCONFIGURATION_HINT)
         elif isinstance(exception, UNAVAILABLE_ERRORS) and not isinstance(exception, IngestError):
             exception = DatabaseUnavailable()

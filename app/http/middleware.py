@@ -18,10 +18,8 @@ from sanic.response import HTTPResponse
 from app import metrics
 from app.client_ip import forwarded_or_peer
 from app.errors import Unauthorized
-from app.events import ip_hasher
 from app.http.auth import fingerprint, matches_any
 from app.http.exceptions import BrowserForbidden, PayloadTooLarge, RateLimited
-from app.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 
 logger = logging.getLogger("ingest.access")
 
@@ -67,19 +65,6 @@ def enforce_body_limit(request: Request) -> None:
         raise PayloadTooLarge(f"the request body exceeds the {_mib(limit)} limit ({limit} bytes)")
 
 
-def _rate_limiter(app: Sanic) -> RateLimiter:
-    """The app's limiter, built on first use from RATE_LIMIT_BACKEND."""
-    limiter: RateLimiter | None = getattr(app.ctx, "rate_limiter", None)
-    if limiter is None:
-        settings = app.ctx.settings
-        if settings.rate_limit_backend == "postgres":
-            limiter = PostgresRateLimiter(app.ctx.pool, timeout=settings.db_acquire_timeout_s)
-        else:
-            limiter = MemoryRateLimiter()
-        app.ctx.rate_limiter = limiter
-    return limiter
-
-
 async def enforce_rate_limit(request: Request) -> None:
     """Token bucket per (limit, credential, client IP); the IP enters the key only as a hash."""
     name = getattr(request.route.ctx, "rate_limit", None) if request.route else None
@@ -90,9 +75,10 @@ async def enforce_rate_limit(request: Request) -> None:
     if limit <= 0:
         return
     ip = forwarded_or_peer(request.headers.get("x-forwarded-for"), request.ip)
-    ip_key = (await ip_hasher(request.app.ctx)).hash(ip) if ip else "-"
+    res = request.app.ctx.res
+    ip_key = (await res.ip_hasher()).hash(ip) if ip else "-"
     actor = getattr(request.ctx, "actor", None) or "anonymous"
-    decision = await _rate_limiter(request.app).take(f"{name}:{actor}:{ip_key}", limit)
+    decision = await res.rate_limiter.take(f"{name}:{actor}:{ip_key}", limit)
     request.ctx.rate_limit = decision
     if not decision.allowed:
         metrics.RATE_LIMITED.labels(name).inc()

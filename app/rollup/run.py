@@ -25,10 +25,10 @@ transaction that it rolls back. Nothing else here opens transactions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol, TypeVar
@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from app import audit
-from app.db import create_pool
+from app.db import Database, Unit, create_pool
 from app.rollup.config import DRY_RUN_TOP, RollupConfig, utc_today, window
 from app.rollup.plan import Reason, RollupPlan, plan_rollup
 from app.rollup.report import DayResult, RollupReport, report_details
@@ -57,7 +57,7 @@ from app.sql import queries
 logger = logging.getLogger("ingest.rollup")
 
 T = TypeVar("T")
-DayWork = Callable[[asyncpg.Connection, date], Awaitable[None]]
+DayWork = Callable[..., Awaitable[None]]  # work(conn, *, day)
 
 
 class Executor(Protocol):
@@ -71,9 +71,9 @@ class Executor(Protocol):
 
 @dataclass
 class Lanes:
-    """The real run: every day in its own transaction, over `lanes` connections of `pool`."""
+    """The real run: every day a unit of work of its own (one transaction), `lanes` at once."""
 
-    pool: asyncpg.Pool
+    db: Database
     lanes: int
 
     async def each(self, days: list[date], work: DayWork) -> None:
@@ -82,17 +82,18 @@ class Lanes:
             todo.put_nowait(day)
 
         async def lane() -> None:
-            async with self.pool.acquire() as conn:
-                while not todo.empty():
-                    day = todo.get_nowait()
-                    async with conn.transaction():
-                        await work(conn, day)
+            while not todo.empty():
+                await self.db.run(_unit_name(work), work, day=todo.get_nowait())
 
         await asyncio.gather(*(lane() for _ in range(max(1, min(self.lanes, len(days))))))
 
     async def once(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await work(conn)
+        return await self.db.run(_unit_name(work), work)
+
+
+def _unit_name(work: Callable[..., Any]) -> str:
+    """`rollup.stage`, `rollup.apply`, ...: a step's unit of work is named after it."""
+    return f"rollup.{work.__name__}"
 
 
 @dataclass
@@ -104,7 +105,7 @@ class OneTransaction:
 
     async def each(self, days: list[date], work: DayWork) -> None:
         for day in days:
-            await work(self.conn, day)
+            await work(self.conn, day=day)
 
     async def once(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         return await work(self.conn)
@@ -119,17 +120,24 @@ class RunSteps:
     config: RollupConfig
     report: RollupReport
     facts_as_of: datetime
-    events_pool: asyncpg.Pool | None = None
+    events_db: Database | None = None
     refreshed: list[date] = field(default_factory=list)
 
     @property
     def every_day(self) -> list[date]:
         return sorted([*self.plan.days, *self.refreshed])
 
-    async def stage(self, conn: asyncpg.Connection, day: date) -> None:
+    async def stage(self, conn: asyncpg.Connection, *, day: date) -> None:
         await queries.rollup_set_work_mem(conn, work_mem=self.config.work_mem)
-        async with _events_connection(self.events_pool, work_mem=self.config.work_mem) as source:
-            await stage_day(conn, run_id=self.run_id, day=day, events_conn=source)
+        if self.events_db is None:
+            await stage_day(conn, run_id=self.run_id, day=day, events_conn=None)
+            return
+
+        async def read_on_replica(replica: asyncpg.Connection) -> None:
+            await queries.rollup_set_work_mem(replica, work_mem=self.config.work_mem)
+            await stage_day(conn, run_id=self.run_id, day=day, events_conn=replica)
+
+        await self.events_db.run(REPLICA_READ, read_on_replica)
 
     async def find_cascade(self, conn: asyncpg.Connection) -> None:
         """Fresh statistics for the stage, then the days that follow a changed one."""
@@ -139,7 +147,7 @@ class RunSteps:
             later = await rolled_days_after(conn, day=changed[0])
             self.refreshed = [d for d in later if d not in self.plan.reasons]
 
-    async def windows(self, conn: asyncpg.Connection, day: date) -> None:
+    async def windows(self, conn: asyncpg.Connection, *, day: date) -> None:
         await queries.rollup_set_work_mem(conn, work_mem=self.config.work_mem)
         await stage_windows(
             conn, run_id=self.run_id, run_days=self.plan.days, day=day, config=self.config
@@ -149,7 +157,7 @@ class RunSteps:
         await queries.rollup_stage_scopes(conn, run_id=self.run_id)
         await queries.rollup_analyze_windows(conn)
 
-    async def apply(self, conn: asyncpg.Connection, day: date) -> None:
+    async def apply(self, conn: asyncpg.Connection, *, day: date) -> None:
         await lock_day(conn, day=day, work_mem=self.config.work_mem)
         common: dict[str, Any] = {
             "run_id": self.run_id,
@@ -187,23 +195,13 @@ def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-@asynccontextmanager
-async def _events_connection(
-    events_pool: asyncpg.Pool | None, *, work_mem: str
-) -> AsyncIterator[asyncpg.Connection | None]:
-    """Where a day's events are read: a read-only transaction on the replica, with the rollup's
-    planner settings (a standby accepts these); None without a replica (`stage_day` then
-    reads them on its own connection)."""
-    if events_pool is None:
-        yield None
-        return
-    async with events_pool.acquire() as replica, replica.transaction(readonly=True):
-        await queries.rollup_set_work_mem(replica, work_mem=work_mem)
-        yield replica
+# The event scans on a read replica: plain SELECTs in read-only transactions (a standby
+# accepts the rollup's planner settings too).
+REPLICA_READ = Unit("rollup.stage_on_replica", readonly=True)
 
 
 async def run_rollup(
-    pool: asyncpg.Pool,
+    db: Database,
     *,
     settings: Settings,
     end_day: date | None = None,
@@ -211,15 +209,15 @@ async def run_rollup(
     reason: Reason = Reason.OPERATOR,
     dry_run: bool = False,
     actor: str = "rollup",
-    events_pool: asyncpg.Pool | None = None,
+    events_db: Database | None = None,
 ) -> RollupReport:
     """Roll up the `days` days ending on `end_day` (none: only the dirty days), with `reason`,
     plus every dirty day; see the module docstring.
 
     With `dry_run`, everything runs on one connection in one transaction that is rolled back,
-    and the report says what would have been written. With `events_pool` (a read replica of
-    `pool`'s database), the per-day event aggregates are read there, in read-only
-    transactions, and nothing else is: every write and every other read stays on `pool`.
+    and the report says what would have been written. With `events_db` (a read replica of
+    `db`'s database), the per-day event aggregates are read there, in read-only
+    transactions, and nothing else is: every write and every other read stays on `db`.
     A plan with no day (nothing asked for, nothing dirty) runs no statement beyond the plan's
     read and records nothing.
     """
@@ -227,10 +225,14 @@ async def run_rollup(
     today = utc_today()
     last_day = end_day or today
     requested = window(last_day, days) if days else []
-    async with pool.acquire() as conn:
-        plan = await plan_rollup(
-            conn, requested=requested, reason=reason, config=config, today=today
-        )
+    plan = await db.run(
+        Unit("rollup.plan", transaction=False),
+        plan_rollup,
+        requested=requested,
+        reason=reason,
+        config=config,
+        today=today,
+    )
     report = RollupReport(
         run_id=None,
         end_day=last_day,
@@ -244,17 +246,19 @@ async def run_rollup(
     args = {"endDay": last_day.isoformat(), "days": days, "reason": str(reason), "dryRun": dry_run}
     started = time.perf_counter()
     run = _dry_run if dry_run else _real_run
-    await run(pool, events_pool, plan=plan, report=report, config=config, actor=actor, args=args)
+    await run(db, events_db, plan=plan, report=report, config=config, actor=actor, args=args)
     report.duration_ms = _ms_since(started)
     if dry_run:
-        await _record_dry_run(pool, report=report, actor=actor, args=args)
+        await db.run(
+            "rollup.record_dry_run", _record_dry_run, report=report, actor=actor, args=args
+        )
     logger.info("rollup finished", extra={"run": report_details(report)})
     return report
 
 
 async def _start_run(
     conn: asyncpg.Connection,
-    events_pool: asyncpg.Pool | None,
+    events_db: Database | None,
     *,
     plan: RollupPlan,
     report: RollupReport,
@@ -272,17 +276,22 @@ async def _start_run(
         day_reasons=plan.reasons_json(),
     )
     margin = config.facts_margin_s
-    if events_pool is None:
+    if events_db is None:
         horizon = await facts_horizon(conn, margin_s=margin, events_conn=None)
     else:
-        async with events_pool.acquire() as replica:
-            horizon = await facts_horizon(conn, margin_s=margin, events_conn=replica)
+
+        async def replica_horizon(replica: asyncpg.Connection) -> datetime:
+            return await facts_horizon(conn, margin_s=margin, events_conn=replica)
+
+        horizon = await events_db.run(
+            Unit("rollup.replica_horizon", transaction=False), replica_horizon
+        )
     return int(row["id"]), horizon
 
 
 async def _real_run(
-    pool: asyncpg.Pool,
-    events_pool: asyncpg.Pool | None,
+    db: Database,
+    events_db: Database | None,
     *,
     plan: RollupPlan,
     report: RollupReport,
@@ -291,36 +300,40 @@ async def _real_run(
     args: dict[str, Any],
 ) -> None:
     started = time.perf_counter()
-    async with pool.acquire() as conn, conn.transaction():
-        run_id, horizon = await _start_run(
-            conn, events_pool, plan=plan, report=report, config=config, actor=actor, args=args
+
+    async def begin(conn: asyncpg.Connection) -> tuple[int, datetime]:
+        run = await _start_run(
+            conn, events_db, plan=plan, report=report, config=config, actor=actor, args=args
         )
-        await queries.rollup_clear_stage(conn, run_id=run_id)
+        await queries.rollup_clear_stage(conn, run_id=run[0])
+        return run
+
+    run_id, horizon = await db.run("rollup.start", begin)
     report.run_id = run_id
-    steps = RunSteps(run_id, plan, config, report, horizon, events_pool)
+    steps = RunSteps(run_id, plan, config, report, horizon, events_db)
     try:
-        await execute(Lanes(pool, config.parallelism), steps)
+        await execute(Lanes(db, config.parallelism), steps)
     except BaseException as exc:
-        await _finish(pool, report=report, started=started, status="failed", error=repr(exc))
+        report.duration_ms = _ms_since(started)
+        await db.run("rollup.finish", _finish, report=report, status="failed", error=repr(exc))
         raise
-    await _finish(pool, report=report, started=started, status="succeeded", error=None)
+    report.duration_ms = _ms_since(started)
+    await db.run("rollup.finish", _finish, report=report, status="succeeded", error=None)
 
 
 async def _finish(
-    pool: asyncpg.Pool, *, report: RollupReport, started: float, status: str, error: str | None
+    conn: asyncpg.Connection, *, report: RollupReport, status: str, error: str | None
 ) -> None:
-    report.duration_ms = _ms_since(started)
-    async with pool.acquire() as conn, conn.transaction():
-        await queries.rollup_clear_stage(conn, run_id=report.run_id)
-        await queries.rollup_finish_run(
-            conn,
-            run_id=report.run_id,
-            status=status,
-            duration_ms=report.duration_ms,
-            row_counts=report.row_counts(),
-            day_reasons=report.reasons,
-            error=error,
-        )
+    await queries.rollup_clear_stage(conn, run_id=report.run_id)
+    await queries.rollup_finish_run(
+        conn,
+        run_id=report.run_id,
+        status=status,
+        duration_ms=report.duration_ms,
+        row_counts=report.row_counts(),
+        day_reasons=report.reasons,
+        error=error,
+    )
 
 
 class _RollBack(Exception):
@@ -328,8 +341,8 @@ class _RollBack(Exception):
 
 
 async def _dry_run(
-    pool: asyncpg.Pool,
-    events_pool: asyncpg.Pool | None,
+    db: Database,
+    events_db: Database | None,
     *,
     plan: RollupPlan,
     report: RollupReport,
@@ -338,48 +351,41 @@ async def _dry_run(
     args: dict[str, Any],
 ) -> None:
     """Everything a run would do, in one transaction that is then rolled back."""
-    async with pool.acquire() as conn:
-        try:
-            async with conn.transaction():
-                run_id, horizon = await _start_run(
-                    conn,
-                    events_pool,
-                    plan=plan,
-                    report=report,
-                    config=config,
-                    actor=actor,
-                    args=args,
-                )
-                steps = RunSteps(run_id, plan, config, report, horizon, events_pool)
-                await execute(OneTransaction(conn), steps)
-                report.top = await top_entries(conn, day=report.end_day, limit=DRY_RUN_TOP)
-                raise _RollBack()
-        except _RollBack:
-            pass
+
+    async def rolled_back(conn: asyncpg.Connection) -> None:
+        run_id, horizon = await _start_run(
+            conn, events_db, plan=plan, report=report, config=config, actor=actor, args=args
+        )
+        steps = RunSteps(run_id, plan, config, report, horizon, events_db)
+        await execute(OneTransaction(conn), steps)
+        report.top = await top_entries(conn, day=report.end_day, limit=DRY_RUN_TOP)
+        raise _RollBack()
+
+    with contextlib.suppress(_RollBack):
+        await db.run("rollup.dry_run", rolled_back)
 
 
 async def _record_dry_run(
-    pool: asyncpg.Pool, *, report: RollupReport, actor: str, args: dict[str, Any]
+    conn: asyncpg.Connection, *, report: RollupReport, actor: str, args: dict[str, Any]
 ) -> None:
     """The audit row of a dry run, written after its rollback (it changes no data)."""
-    async with pool.acquire() as conn, conn.transaction():
-        row = await queries.rollup_start_run(
-            conn,
-            actor=actor,
-            end_day=report.end_day,
-            days=report.days,
-            args=args,
-            day_reasons=report.reasons,
-        )
-        await queries.rollup_finish_run(
-            conn,
-            run_id=row["id"],
-            status="dry_run",
-            duration_ms=report.duration_ms,
-            row_counts=report.row_counts(),
-            day_reasons=report.reasons,
-            error=None,
-        )
+    row = await queries.rollup_start_run(
+        conn,
+        actor=actor,
+        end_day=report.end_day,
+        days=report.days,
+        args=args,
+        day_reasons=report.reasons,
+    )
+    await queries.rollup_finish_run(
+        conn,
+        run_id=row["id"],
+        status="dry_run",
+        duration_ms=report.duration_ms,
+        row_counts=report.row_counts(),
+        day_reasons=report.reasons,
+        error=None,
+    )
     report.run_id = int(row["id"])
 
 
@@ -389,18 +395,19 @@ async def _record_dry_run(
 COMMAND_TIMEOUT_S = 3600.0
 
 
-async def open_rollup_pool(settings: Settings) -> asyncpg.Pool:
+async def open_rollup_db(settings: Settings) -> Database:
     """A pool for one run on DATABASE_URL, the primary: every write and every read but the
-    event scans (`open_events_pool`). One connection per lane, and one more."""
+    event scans (`open_events_db`). One connection per lane, and one more."""
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set for this worker")
-    return await create_pool(
+    pool = await create_pool(
         settings.database_url,
         min_size=0,
         max_size=settings.rollup_parallelism + 1,
         command_timeout=COMMAND_TIMEOUT_S,
         server_settings={"application_name": "ingest-rollup"},
     )
+    return Database(pool, acquire_timeout=settings.db_acquire_timeout_s)
 
 
 def events_database_url(settings: Settings) -> str | None:
@@ -409,19 +416,20 @@ def events_database_url(settings: Settings) -> str | None:
     return url if url and url != settings.database_url else None
 
 
-async def open_events_pool(settings: Settings) -> asyncpg.Pool | None:
+async def open_events_db(settings: Settings) -> Database | None:
     """A pool on ROLLUP_DATABASE_URL (a read replica) for the run's per-day event scans, which
     are plain SELECTs in read-only transactions; None when it is unset or is DATABASE_URL."""
     url = events_database_url(settings)
     if url is None:
         return None
-    return await create_pool(
+    pool = await create_pool(
         url,
         min_size=0,
         max_size=settings.rollup_parallelism,
         command_timeout=COMMAND_TIMEOUT_S,
         server_settings={"application_name": "ingest-rollup-events"},
     )
+    return Database(pool, acquire_timeout=settings.db_acquire_timeout_s)
 
 
 async def rollup_and_record(
@@ -438,35 +446,34 @@ async def rollup_and_record(
 
     With ROLLUP_DATABASE_URL (a read replica) the event scans read there; all else, writes
     included, runs on DATABASE_URL."""
-    pool = await open_rollup_pool(settings)
-    events_pool: asyncpg.Pool | None = None
+    db = await open_rollup_db(settings)
+    events_db: Database | None = None
     try:
-        events_pool = await open_events_pool(settings)
+        events_db = await open_events_db(settings)
         report = await run_rollup(
-            pool,
+            db,
             settings=settings,
             end_day=end_day,
             days=days,
             reason=reason,
             dry_run=dry_run,
             actor=actor,
-            events_pool=events_pool,
+            events_db=events_db,
         )
         if not report.is_noop:
-            await _audit(pool, report=report, actor=actor)
+            await db.run("rollup.audit", _audit, report=report, actor=actor)
         return report
     finally:
-        if events_pool is not None:
-            await events_pool.close()
-        await pool.close()
+        if events_db is not None:
+            await events_db.close()
+        await db.close()
 
 
-async def _audit(pool: asyncpg.Pool, *, report: RollupReport, actor: str) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await audit.record(
-            conn,
-            actor=actor,
-            action="rollup.dry_run" if report.dry_run else "rollup.run",
-            subject=f"rollup_run:{report.run_id}",
-            details=report_details(report),
-        )
+async def _audit(conn: asyncpg.Connection, *, report: RollupReport, actor: str) -> None:
+    await audit.record(
+        conn,
+        actor=actor,
+        action="rollup.dry_run" if report.dry_run else "rollup.run",
+        subject=f"rollup_run:{report.run_id}",
+        details=report_details(report),
+    )

@@ -177,8 +177,3 @@ async def top_entries(conn: asyncpg.Connection, *, day: date, limit: int) -> lis
         }
         async for r in rows
     ]
-
-
-async def queued_rollup_job(conn: asyncpg.Connection, *, queueing_lock: str) -> int | None:
-    job_id = await queries.rollup_queued_job(conn, queueing_lock=queueing_lock)
-    return int(job_id) if job_id is not None else None

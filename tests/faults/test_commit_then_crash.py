@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.blueprints import stripe as stripe_blueprint
 from tests.conftest import RunningServer, drain_queue, make_settings
 from tests.stripe_helpers import checkout_session, deliver, event, metadata, new_id
 
@@ -29,8 +28,9 @@ async def test_event_committed_but_never_deferred_is_finished_by_the_sweeper(
     async def crash(*args: Any, **kwargs: Any) -> bool:
         raise ConnectionError("process gone between commit and defer")
 
-    monkeypatch.setattr(stripe_blueprint, "defer_processing", crash)
     server = await start_server(make_settings(db_url))
+    # The server's queue alone: the sweeper below queues through its own resources.
+    monkeypatch.setattr(server.app.ctx.res.queue, "stripe_event", crash)
     pi = new_id("pi")
     evt = event(
         "checkout.session.completed", checkout_session(pi, amount=650, meta=metadata("usr_a"))
