@@ -5,7 +5,8 @@ installation, so the same major version), migrated and loaded on the primary onl
 the standby has, it replayed. The rollup reads each day's events on the standby and writes on
 the primary, and its rows are compared with those of a run without the standby over a copy of
 the same facts (`control`, a database on the same primary). Then what happens when the standby
-lags (replay paused) or kills the rollup's read in a replay conflict.
+lags (replay paused), was restarted and has replayed nothing since, or kills the rollup's read
+in a replay conflict.
 
 The facts are stamped an hour old (`received_at`, `updated_at`), so that a run marks their days
 clean; facts added during a test are stamped now, as intake does.
@@ -300,6 +301,38 @@ async def test_a_lagging_standby_leaves_the_days_it_lacks_dirty_until_it_has_rep
     # Facts within REPLICA_MARGIN_S of the standby's last replayed commit leave their day dirty
     # (each refresh rolls it again, to the same numbers, until they are older).
     assert await dirty_days(dbs.primary) == {d: ["events"] for d in LATE_DAYS}
+
+
+async def test_a_restarted_standby_that_has_replayed_no_commit_yet_leaves_the_days_it_lacks_dirty(
+    replication: Replication, dbs: Databases
+) -> None:
+    """After a restart, a standby reports no replayed commit until it replays one
+    (`pg_last_xact_replay_timestamp()` is NULL): here it restarted from a restartpoint with
+    nothing after it and cannot reach its primary, which has new facts meanwhile."""
+    await roll(dbs.with_standby())
+    before = await snapshot(dbs.primary)
+    await execute(replication.primary.url, "CHECKPOINT")
+    await replication.caught_up()
+    await execute(replication.standby.url, "CHECKPOINT")  # a restartpoint at that checkpoint
+    await asyncio.to_thread(replication.standby.stop, "fast")
+    await add_late_facts(dbs.primary, dbs.control)
+    replication.standby.settings = {"primary_conninfo": "''"}  # cut off from its primary
+    await asyncio.to_thread(replication.standby.start)
+    assert await replay_timestamp(dbs.standby) is None
+
+    await roll(dbs.with_standby(), days=0)
+
+    assert counts(await snapshot(dbs.primary)) == counts(before)
+    assert await dirty_days(dbs.primary) == {d: ["events"] for d in LATE_DAYS}
+
+    await asyncio.to_thread(replication.standby.stop, "fast")
+    replication.standby.settings = {}
+    await asyncio.to_thread(replication.standby.start)
+    await replication.caught_up()
+    await roll(dbs.with_standby(), days=0)
+    await roll(dbs.without_standby())
+    assert await snapshot(dbs.primary) == await snapshot(dbs.control)
+    assert counts(await snapshot(dbs.primary)) == expected(with_late(reference()))
 
 
 async def until(check: Callable[[], Awaitable[bool]], *, what: str, timeout: float = 30) -> None:
