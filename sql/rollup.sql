@@ -41,9 +41,14 @@ SELECT least(now(),
        - make_interval(secs => :margin_s::float8);
 
 -- name: rollup_replay_timestamp()$
--- On a streaming standby, the commit time of the last transaction it replayed: it has every
--- commit up to then. NULL on a primary.
-SELECT pg_last_xact_replay_timestamp();
+-- On a streaming standby, a time it has every commit up to: the commit time of the last
+-- transaction it replayed; before it has replayed one since it started (NULL then), the time of
+-- the checkpoint it started from: a standby accepts connections only once it has replayed past
+-- that checkpoint. NULL on a primary that never went through recovery.
+SELECT coalesce(pg_last_xact_replay_timestamp(),
+                CASE WHEN pg_is_in_recovery()
+                     THEN (SELECT c.checkpoint_time FROM pg_control_checkpoint() AS c)
+                END);
 
 -- name: rollup_finish_run(run_id, status, duration_ms, row_counts, day_reasons, error)!
 -- `day_reasons`: why each day was rolled, the refreshed (cascade) days included.
