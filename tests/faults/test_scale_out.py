@@ -28,7 +28,7 @@ import orjson
 import pytest
 
 import jobs
-from app.db import create_pool
+from app.db import Database, create_pool
 from app.rollup import run_rollup
 from tests.conftest import _new_database, free_port, make_settings, with_database
 from tests.factories import create_rule
@@ -164,7 +164,7 @@ async def test_views_and_idempotency_keys_sent_through_both_instances_count_once
     assert len({r["ip_hash"] for r in stored if r["type"] == "VIEW"}) == 2
 
     await run_rollup(
-        shared_pool, settings=make_settings(instances.database_url), end_day=day, days=1
+        Database(shared_pool), settings=make_settings(instances.database_url), end_day=day, days=1
     )
     row = await shared_pool.fetchrow(
         "SELECT views, saves FROM rule_metric_daily WHERE rule_id = $1 AND day = $2", rule, day
