@@ -3,7 +3,7 @@
 Items are validated one by one (an invalid item is rejected, the others go on), normalised,
 and hashed; the database work is one set-based statement per batch that skips unchanged
 items without writing and upserts the rule and the crawl item of new and changed ones.
-Sources are registered by operators (`ingest sources add`); the source's curator is the
+Sources are registered by operators (app/crawl_sources.py); the source's curator is the
 author of the rules it imports.
 """
 
@@ -13,7 +13,6 @@ import hashlib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -30,7 +29,7 @@ from pydantic import (
 )
 
 from app import audit, metrics
-from app.errors import BadRequest, NotFound, SourceNameTaken, SourceWithoutCurator, UnknownSource
+from app.errors import SourceWithoutCurator, UnknownSource
 from app.events import ID_PATTERN
 from app.sql import queries
 
@@ -43,7 +42,6 @@ MAX_RAW_BYTES = 64 * 1024
 MAX_EXTERNAL_ID_CHARS = 512
 # Source ids are site-style ids (`ingest sources add` makes `src_<hex>`), matched as sent.
 SOURCE_ID = f"^{ID_PATTERN}$"
-MAX_SOURCE_NAME_CHARS = 200
 MAX_TAGS = 20
 MAX_TAG_CHARS = 64
 MAX_MODEL_CHARS = 100
@@ -334,41 +332,3 @@ async def _upsert(
         async for r in rows
     ]
     return sorted(outcomes, key=lambda o: o.index)
-
-
-@dataclass(frozen=True)
-class CrawlSource:
-    id: str
-    name: str
-    curator_id: str | None
-    created_at: datetime
-    items: int
-    last_item_at: datetime | None
-
-
-async def register_source(conn: asyncpg.Connection, *, name: str, curator_id: str) -> str:
-    """Register a partner source whose rules `curator_id` authors; return its id."""
-    name = " ".join(name.split())
-    if not name or len(name) > MAX_SOURCE_NAME_CHARS:
-        raise BadRequest(f"a source name must be 1 to {MAX_SOURCE_NAME_CHARS} characters")
-    await _require_user(conn, curator_id)
-    source_id = await queries.crawl_insert_source(conn, name=name, curator_id=curator_id)
-    if source_id is None:
-        raise SourceNameTaken(f"a crawl source named {name!r} already exists")
-    return str(source_id)
-
-
-async def assign_curator(conn: asyncpg.Connection, *, source_id: str, curator_id: str) -> None:
-    """Make `curator_id` the author of the source's future rules (existing ones keep theirs)."""
-    await _require_user(conn, curator_id)
-    if await queries.crawl_set_curator(conn, source_id=source_id, curator_id=curator_id) is None:
-        raise UnknownSource(f"unknown crawl source {source_id!r}")
-
-
-async def list_sources(conn: asyncpg.Connection) -> list[CrawlSource]:
-    return [CrawlSource(**dict(row)) async for row in queries.crawl_list_sources(conn)]
-
-
-async def _require_user(conn: asyncpg.Connection, user_id: str) -> None:
-    if not await queries.crawl_user_exists(conn, user_id=user_id):
-        raise NotFound(f"no user {user_id!r}: the curator must be an existing user id")

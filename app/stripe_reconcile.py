@@ -25,6 +25,7 @@ import stripe
 from stripe.params import EventListParams, EventListParamsCreated
 
 from app import audit, donations, stripe_inbox
+from app.credentials import fingerprint
 from app.db import Database
 from app.errors import (
     BadRequest,
@@ -34,7 +35,6 @@ from app.errors import (
     StripeApiRequestRefused,
     StripeApiUnavailable,
 )
-from app.http.auth import fingerprint
 from app.settings import Settings
 from app.sql import queries
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from app.crawl import MAX_ITEMS, register_source
+from app.crawl import MAX_ITEMS
+from app.crawl_sources import register_source
 from bench.harness import TOKEN, Service, connected, query_value, run_wrk
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from app.crawl import register_source
+from app.crawl_sources import register_source
 
 
 def new_id(prefix: str) -> str:

@@ -12,8 +12,8 @@ import orjson
 import stripe
 
 from app import stripe_inbox
+from app.credentials import fingerprint
 from app.db import Database
-from app.http.auth import fingerprint
 from tests.conftest import WEBHOOK_SECRET
 
 WEBHOOK_PATH = "/ingest/stripe/webhook"

@@ -11,7 +11,7 @@ async def test_audit_views_group_and_filter(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         await audit.record(conn, actor="app:aaa", action="events.accepted", details={"accepted": 3})
         await audit.record(conn, actor="app:aaa", action="events.accepted", details={"accepted": 1})
-        # The names the service really writes (app/stripe_inbox.py, app/blueprints/stripe.py).
+        # The names the service really writes (app/stripe_inbox/, app/blueprints/stripe.py).
         await audit.record(
             conn,
             actor="stripe:unverified",

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.http import auth
+from app import credentials as auth
 from app.logs import JsonFormatter
 from app.settings import Settings
 from tests import stripe_helpers

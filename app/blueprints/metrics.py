@@ -7,9 +7,9 @@ from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from app import metrics
+from app.credentials import matches_any
 from app.db import Unit
 from app.errors import DatabaseUnavailable, Unauthorized
-from app.http.auth import matches_any
 from app.http.openapi import METRICS_TOKEN_SCHEME, error_responses
 from app.rollup.config import retention_floor_of, utc_today
 from app.settings import split_secret

@@ -8,7 +8,7 @@ import re
 from pydantic import SecretStr
 
 from app import stripe_reconcile
-from app.http.auth import fingerprint
+from app.credentials import fingerprint
 from app.settings import Settings, split_secret
 
 

@@ -16,7 +16,7 @@ import asyncpg
 
 from app import audit
 from app.commands._common import database_at, database_url, operator_actor
-from app.crawl import CrawlSource, assign_curator, list_sources, register_source
+from app.crawl_sources import CrawlSource, assign_curator, list_sources, register_source
 from app.settings import Settings
 
 T = TypeVar("T")

@@ -17,8 +17,8 @@ from sanic.response import HTTPResponse
 
 from app import metrics
 from app.client_ip import forwarded_or_peer
+from app.credentials import fingerprint, matches_any
 from app.errors import Unauthorized
-from app.http.auth import fingerprint, matches_any
 from app.http.exceptions import BrowserForbidden, PayloadTooLarge, RateLimited
 
 logger = logging.getLogger("ingest.access")
