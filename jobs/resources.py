@@ -1,7 +1,8 @@
 """What tasks need besides their arguments: settings and an asyncpg pool.
 
 `ingest worker` and `ingest run` pass these to the worker as additional context. A worker
-started with `procrastinate worker` gets them built on first use from the environment.
+started with `procrastinate worker` gets them built on first use from the environment (or,
+beside a running local service, from its database).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from procrastinate.retry import RetryDecision
 
 from app.db import create_pool
 from app.errors import IngestError
+from app.local_service import operator_settings, resolve_database_url
 from app.settings import Settings
 
 
@@ -47,11 +49,9 @@ async def resources_for(context: JobContext) -> Resources:
     async with _LOCK:
         holder = context.additional_context.setdefault("_lazy", {})
         if "resources" not in holder:
-            settings = Settings()
-            if not settings.database_url:
-                raise RuntimeError("DATABASE_URL is not set for this worker")
+            settings, _ = operator_settings(Settings())
             pool = await create_pool(
-                settings.database_url, max_size=settings.worker_concurrency + 1
+                resolve_database_url(settings), max_size=settings.worker_concurrency + 1
             )
             holder["resources"] = Resources(settings=settings, pool=pool)
         return holder["resources"]
