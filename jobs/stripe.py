@@ -5,11 +5,13 @@ reconcile the inbox with Stripe's Events API.
     procrastinate --app=jobs.app defer sweep_stripe_inbox '{}'
     procrastinate --app=jobs.app defer reconcile_stripe '{}'
 
-`process_stripe_event` has a queueing lock per event (`stripe_event:<id>`), so at most one
-job waits per event, and retries with exponential back-off. Its effect is idempotent (the
-event row is locked and marked processed in the effect's transaction). `sweep_stripe_inbox`
-runs every minute and re-defers any unprocessed row with no job waiting or running: left by
-a crash between the webhook's commit and its defer, or by a job whose retries ran out.
+`process_stripe_event` has a queueing lock per event (`stripe_event:<id>`) however it is
+deferred (jobs/argument_locks.py), so at most one job waits per event, and retries with
+exponential back-off; an event that is not in the inbox fails at once (retrying cannot
+help). Its effect is idempotent (the event row is locked and marked processed in the
+effect's transaction). `sweep_stripe_inbox` runs every minute and re-defers any unprocessed
+row with no job waiting or running: left by a crash between the webhook's commit and its
+defer, or by a job whose retries ran out.
 `reconcile_stripe` runs every 10 minutes when STRIPE_SECRET_KEY is set (app/stripe_reconcile.py)
 and queues processing for every event it recovers.
 """
@@ -27,6 +29,7 @@ from procrastinate.retry import RetryDecision
 from app import stripe_inbox, stripe_reconcile
 from app.db import transaction
 from app.errors import ConfigurationError
+from jobs.argument_locks import register_locked_by_argument
 from jobs.notifications import defer_notify
 from jobs.resources import Resources, RetryUnlessInvalid, resources_for
 
@@ -38,8 +41,10 @@ RECONCILE_TASK = "reconcile_stripe"
 RECONCILE_CRON = "*/10 * * * *"  # stripe_reconcile.CADENCE says it in words
 QUEUE = "stripe"
 SWEEP_BATCH = 500
-# 6 retries after 2, 4, 8, 16, 32 and 64 s; then the sweeper takes over, waiting longer.
-PROCESS_RETRY = RetryStrategy(max_attempts=6, exponential_wait=2)
+# 6 retries after 2, 4, 8, 16, 32 and 64 s; then the sweeper takes over, waiting longer. None
+# for an event id the inbox does not have: it cannot succeed (the sweeper only re-queues rows
+# that are in the inbox).
+PROCESS_RETRY = RetryUnlessInvalid(max_attempts=6, exponential_wait=2)
 # Donation states an author hears about (the notification task reads the donations table).
 NOTIFIED_STATUSES = frozenset({"succeeded", "partially_refunded", "refunded", "disputed", "lost"})
 
@@ -69,6 +74,11 @@ class SweepReport:
 
 def queueing_lock(event_id: str) -> str:
     return f"stripe_event:{event_id}"
+
+
+def _lock_of_arguments(arguments: dict[str, object]) -> str | None:
+    event_id = arguments.get("event_id")
+    return queueing_lock(event_id) if isinstance(event_id, str) else None
 
 
 async def defer_processing(proc_app: App, *, event_id: str) -> bool:
@@ -162,12 +172,15 @@ async def reconcile_stripe(
 
 
 def register(app: App) -> None:
-    app.task(
+    register_locked_by_argument(
+        app,
+        process_stripe_event,
+        lock_of=_lock_of_arguments,
         name=PROCESS_TASK,
         pass_context=True,
         queue=QUEUE,
         retry=PROCESS_RETRY,
-    )(process_stripe_event)
+    )
     sweep = app.task(
         name=SWEEP_TASK,
         pass_context=True,
