@@ -11,6 +11,7 @@ or rules are not the demo's is refused unless forced: it is somebody's real data
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -305,6 +306,9 @@ async def load_demo(
     if activity and not report.activity_present:
         report.events = await load_events(pool, settings, now=now, actor=actor)
         report.stripe_events = await load_donations(pool, settings, now=now, actor=actor)
+        # A run counts the facts older than ROLLUP_FACTS_MARGIN_S; those written just now
+        # would leave every day dirty for the next refresh to roll again.
+        await asyncio.sleep(settings.rollup_facts_margin_s)
         run = await rollup.rollup_and_record(
             settings, actor=actor, end_day=now.date(), days=DAYS, reason=rollup.Reason.OPERATOR
         )

@@ -16,11 +16,11 @@ from procrastinate import App, JobContext, RetryStrategy
 from app import audit
 from app.db import transaction
 from app.ratelimit import purge_idle_buckets
-from jobs.resources import resources_for
+from jobs.resources import job_actor, resources_for
 
 logger = logging.getLogger("ingest.jobs.events")
 
-ACTOR = "job:purge_event_state"
+TASK = "purge_event_state"
 
 
 async def purge_event_state(context: JobContext, timestamp: int | None = None) -> dict[str, int]:
@@ -30,14 +30,15 @@ async def purge_event_state(context: JobContext, timestamp: int | None = None) -
         buckets = await purge_idle_buckets(conn)
         report = {"rate_limit_buckets": buckets}
         if buckets:
-            await audit.record(conn, actor=ACTOR, action="events.purge", details=report)
+            actor = job_actor(context, TASK)
+            await audit.record(conn, actor=actor, action="events.purge", details=report)
     logger.info("purged event state", extra=report)
     return report
 
 
 def register(app: App) -> None:
     task = app.task(
-        name="purge_event_state",
+        name=TASK,
         pass_context=True,
         queue="maintenance",
         queueing_lock="purge_event_state",

@@ -32,6 +32,13 @@ class RetryUnlessInvalid(RetryStrategy):
         return super().get_retry_decision(exception=exception, job=job)
 
 
+def job_actor(context: JobContext, task_name: str) -> str:
+    """The audit actor of a job: `job:<task>:<job id>`, the same shape for every task (the
+    task says what ran, the id finds its row in procrastinate_jobs)."""
+    job_id = context.job.id if context.job else None
+    return f"job:{task_name}:{job_id}" if job_id is not None else f"job:{task_name}"
+
+
 @dataclass
 class Resources:
     settings: Settings

@@ -22,12 +22,12 @@ from procrastinate.exceptions import AlreadyEnqueued, ConnectorException
 from app import audit, search
 from app.db import connect, init_connection
 from app.errors import DatabaseUnavailable, RebuildNotQueued
-from jobs.resources import resources_for
+from jobs.resources import job_actor, resources_for
 
 logger = logging.getLogger("ingest.jobs.search")
 
 REBUILD_TASK = "rebuild_search"
-ACTOR = "job:rebuild_search"
+ACTOR = f"job:{REBUILD_TASK}"  # a rebuild run outside a job
 # How long the swap may wait for a lock before giving up and trying again: readers that
 # arrive meanwhile queue behind it, so keep it short.
 SWAP_LOCK_TIMEOUT_MS = 2000
@@ -58,6 +58,7 @@ class QueuedRebuild:
 async def rebuild_in_transaction(
     conn: asyncpg.Connection,
     *,
+    actor: str = ACTOR,
     lock_timeout_ms: int = SWAP_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
     retry_wait_s: float = SWAP_RETRY_WAIT_S,
@@ -74,7 +75,7 @@ async def rebuild_in_transaction(
         conn, lock_timeout_ms=lock_timeout_ms, attempts=attempts, retry_wait_s=retry_wait_s
     )
     report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
-    await audit.record(conn, actor=ACTOR, action="search.rebuild", details=asdict(report))
+    await audit.record(conn, actor=actor, action="search.rebuild", details=asdict(report))
     return report
 
 
@@ -99,6 +100,7 @@ async def _swap_with_retries(
 async def rebuild_search_index(
     dsn: str,
     *,
+    actor: str = ACTOR,
     lock_timeout_ms: int = SWAP_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
     retry_wait_s: float = SWAP_RETRY_WAIT_S,
@@ -111,7 +113,11 @@ async def rebuild_search_index(
         await init_connection(conn)
         async with conn.transaction():
             return await rebuild_in_transaction(
-                conn, lock_timeout_ms=lock_timeout_ms, attempts=attempts, retry_wait_s=retry_wait_s
+                conn,
+                actor=actor,
+                lock_timeout_ms=lock_timeout_ms,
+                attempts=attempts,
+                retry_wait_s=retry_wait_s,
             )
     finally:
         await conn.close()
@@ -122,7 +128,8 @@ async def rebuild_search(context: JobContext, timestamp: int | None = None) -> N
     res = await resources_for(context)
     if not res.settings.database_url:
         raise RuntimeError("DATABASE_URL is not set for this worker")
-    report = await rebuild_search_index(res.settings.database_url)
+    actor = job_actor(context, REBUILD_TASK)
+    report = await rebuild_search_index(res.settings.database_url, actor=actor)
     logger.info("search rebuilt", extra=asdict(report))
 
 

@@ -31,7 +31,7 @@ from app.db import transaction
 from app.errors import ConfigurationError
 from jobs.argument_locks import register_locked_by_argument
 from jobs.notifications import defer_notify
-from jobs.resources import Resources, RetryUnlessInvalid, resources_for
+from jobs.resources import Resources, RetryUnlessInvalid, job_actor, resources_for
 
 logger = logging.getLogger("ingest.jobs.stripe")
 
@@ -95,11 +95,10 @@ async def defer_processing(proc_app: App, *, event_id: str) -> bool:
 async def process_stripe_event(context: JobContext, event_id: str) -> dict[str, object]:
     """Apply one stored event; raising makes Procrastinate retry it."""
     res = await resources_for(context)
-    job_id = context.job.id if context.job else None
     result = await stripe_inbox.process_stored_event(
         res.pool,
         event_id=event_id,
-        actor=f"job:{job_id}",
+        actor=job_actor(context, PROCESS_TASK),
         timeout=res.settings.db_acquire_timeout_s,
         lock_timeout_ms=res.settings.stripe_lock_timeout_ms,
     )
@@ -111,7 +110,9 @@ async def process_stripe_event(context: JobContext, event_id: str) -> dict[str, 
     return result.as_json()
 
 
-async def sweep_inbox(proc_app: App, res: Resources) -> SweepReport:
+async def sweep_inbox(
+    proc_app: App, res: Resources, *, actor: str = f"job:{SWEEP_TASK}"
+) -> SweepReport:
     """Re-defer every stranded inbox row (see `stripe_sweep_candidates` in sql/stripe.sql)."""
     async with transaction(res.pool, timeout=res.settings.db_acquire_timeout_s) as conn:
         candidates = await stripe_inbox.sweep_candidates(
@@ -120,7 +121,7 @@ async def sweep_inbox(proc_app: App, res: Resources) -> SweepReport:
     requeued = [e for e in candidates if await defer_processing(proc_app, event_id=e)]
     if requeued:
         async with transaction(res.pool, timeout=res.settings.db_acquire_timeout_s) as conn:
-            await stripe_inbox.record_sweep(conn, event_ids=requeued)
+            await stripe_inbox.record_sweep(conn, event_ids=requeued, actor=actor)
         logger.warning("stranded Stripe events re-queued", extra={"count": len(requeued)})
     return SweepReport(requeued=requeued, already_queued=len(candidates) - len(requeued))
 
@@ -130,7 +131,7 @@ async def sweep_stripe_inbox(
 ) -> dict[str, object]:
     """Every minute: nothing in the inbox stays without a job."""
     res = await resources_for(context)
-    return (await sweep_inbox(context.app, res)).as_json()
+    return (await sweep_inbox(context.app, res, actor=job_actor(context, SWEEP_TASK))).as_json()
 
 
 async def reconcile_inbox(
@@ -165,7 +166,8 @@ async def reconcile_stripe(
     if not stripe_reconcile.enabled(res.settings):
         return {"skipped": "STRIPE_SECRET_KEY is not set"}
     try:
-        return await reconcile_inbox(context.app, res, actor=f"job:{RECONCILE_TASK}", since=since)
+        actor = job_actor(context, RECONCILE_TASK)
+        return await reconcile_inbox(context.app, res, actor=actor, since=since)
     except ConfigurationError as exc:
         logger.error("Stripe reconciliation failed: %s", exc.message)
         raise

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import getpass
 import json
+import logging
 from typing import Any
 
 import asyncpg
@@ -55,6 +56,9 @@ def _settings() -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The report is printed on stdout; the run's own "rollup finished" log line (for workers,
+    # whose reports nobody prints) would say it all a second time on stderr.
+    logging.getLogger("ingest.rollup").setLevel(logging.WARNING)
     if args.status:
         print(json.dumps(asyncio.run(_status(_settings())), indent=2, default=str))
         return 0

@@ -230,6 +230,8 @@ async def run_rollup(
         plan = await plan_rollup(
             conn, requested=requested, reason=reason, config=config, today=today
         )
+    if not requested and plan.days:
+        last_day = plan.days[-1]  # a refresh ends on the last dirty day it rolls, not today
     report = RollupReport(
         run_id=None,
         end_day=last_day,
@@ -303,6 +305,8 @@ async def _real_run(
         await _finish(pool, report=report, started=started, status="failed", error=repr(exc))
         raise
     await _finish(pool, report=report, started=started, status="succeeded", error=None)
+    async with pool.acquire() as conn:
+        report.top = await top_entries(conn, day=report.end_day, limit=DRY_RUN_TOP)
 
 
 async def _finish(
