@@ -102,6 +102,7 @@ def _print_local_banner(url: str, generated: dict[str, str]) -> None:
         print(f"  {name}={value}")
     if generated:
         print("  (local-mode secrets, generated once and kept in the data folder)")
+    print('  In another shell, in the checkout: eval "$(.venv/bin/ingest env)" puts them there')
 
 
 def _serve(settings: Settings, *, run_worker: bool, workers: int) -> None:

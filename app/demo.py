@@ -219,13 +219,13 @@ def donation_events(now: datetime) -> list[dict[str, Any]]:
             "livemode": False,
             "data": {
                 "object": {
-                    "id": f"pi_demo_{n}",
+                    "id": f"pi_demo_donation_{n}",
                     "object": "payment_intent",
                     "amount": amount,
                     "amount_received": amount,
                     "currency": "usd",
                     "created": at(days),
-                    "latest_charge": f"ch_demo_{n}",
+                    "latest_charge": f"ch_demo_donation_{n}",
                     "metadata": {"authorId": author, "ruleId": rule, "userId": "usr_7"},
                 }
             },
@@ -239,9 +239,9 @@ def donation_events(now: datetime) -> list[dict[str, Any]]:
         "livemode": False,
         "data": {
             "object": {
-                "id": "ch_demo_3",
+                "id": "ch_demo_donation_3",
                 "object": "charge",
-                "payment_intent": "pi_demo_3",
+                "payment_intent": "pi_demo_donation_3",
                 "amount": 300,
                 "amount_refunded": 300,
                 "currency": "usd",

@@ -43,6 +43,3 @@ RETURNING id;
 -- name: demo_events_loaded(key_prefix)$
 -- Whether the demo's week of events is in already (each carries a demo idempotency key).
 SELECT EXISTS (SELECT 1 FROM events WHERE left(idempotency_key, length(:key_prefix)) = :key_prefix);
-
--- name: demo_stored_stripe_events(ids)
-SELECT id FROM stripe_events WHERE id = ANY (:ids::text[]);

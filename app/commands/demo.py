@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from app import demo
 from app.db import create_pool
@@ -27,6 +28,8 @@ async def _load(settings: Settings, *, activity: bool, force: bool) -> demo.Demo
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The demo prints what it loaded; its rollup's "rollup finished" log line would repeat it.
+    logging.getLogger("ingest.rollup").setLevel(logging.WARNING)
     settings, _ = operator_settings(Settings())
     settings = settings.model_copy(update={"database_url": resolve_database_url(settings)})
     report = asyncio.run(_load(settings, activity=args.activity, force=args.force))
