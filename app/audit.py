@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from typing import Any
 
 import asyncpg
@@ -27,3 +28,11 @@ async def record(
         request_id=request_id,
         details=details or {},
     )
+
+
+def operator_actor() -> str:
+    """Audit actor for operator commands: the shell user, never a credential."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app import __version__, local
+from app import __version__, local, local_service
 from app.errors import IngestError
 from app.logs import logging_config
 from app.migrate import migrate_url
@@ -56,8 +56,11 @@ def local_database() -> Iterator[Settings]:
             generated = local.load_or_create_secrets(data_dir)
             os.environ.update(generated)
             _print_local_banner(url, generated)
-            yield _settings()
+            settings = _settings()
+            local_service.record_service_url(data_dir, f"http://{settings.host}:{settings.port}")
+            yield settings
         finally:
+            local_service.forget_service_url(data_dir)
             with _sigterm_held():
                 local.stop_embedded_postgres(cluster, data_dir)
             print("embedded PostgreSQL stopped")
@@ -99,6 +102,7 @@ def _print_local_banner(url: str, generated: dict[str, str]) -> None:
         print(f"  {name}={value}")
     if generated:
         print("  (local-mode secrets, generated once and kept in the data folder)")
+    print('  In another shell, in the checkout: eval "$(.venv/bin/ingest env)" puts them there')
 
 
 def _serve(settings: Settings, *, run_worker: bool, workers: int) -> None:
@@ -155,17 +159,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = _settings()
-    if not settings.database_url:
-        raise IngestError("DATABASE_URL is not set: nothing to migrate")
-    print(asyncio.run(migrate_url(settings.database_url)).summary())
+    url = local_service.resolve_database_url(_settings())
+    print(asyncio.run(migrate_url(url)).summary())
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = _settings()
-    if not settings.database_url:
-        raise IngestError("DATABASE_URL is not set: the worker needs a database")
+    settings, _ = local_service.operator_settings(_settings())
+    local_service.resolve_database_url(settings)
     _log_reconciliation(settings)
     asyncio.run(_run_worker(settings, queues=args.queues, concurrency=args.concurrency))
     return 0

@@ -273,3 +273,15 @@ def _count(report: IngestReport) -> None:
     metrics.EVENTS.labels("rejected").inc(len(report.rejected))
     for reason, count in Counter(reason for _, reason in report.rejected).items():
         metrics.EVENTS_REJECTED.labels(reason).inc(count)
+
+
+async def _stored_ip_hash_secret(conn: asyncpg.Connection) -> str:
+    return str(await queries.events_ip_hash_secret(conn))
+
+
+async def load_ip_hasher(db: Database, *, override: str | None) -> IpHasher:
+    """The hasher keyed by IP_HASH_SECRET (`override`), else by the secret the service keeps
+    in its database."""
+    if override:
+        return IpHasher(override)
+    return IpHasher(await db.run("events.ip_hash_secret", _stored_ip_hash_secret))

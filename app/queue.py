@@ -46,6 +46,15 @@ def job_app(conninfo: str) -> App:
     return App(connector=PsycopgConnector(conninfo=conninfo))
 
 
+def argument_lock(task_name: str, arguments: dict[str, Any]) -> str | None:
+    """The queueing lock a job of `task_name` takes from its arguments (jobs/argument_locks.py
+    applies it to every defer on the workers' app; an operator command asks here)."""
+    event_id = arguments.get("event_id")
+    if task_name == PROCESS_STRIPE_TASK and isinstance(event_id, str):
+        return stripe_event_lock(event_id)
+    return None
+
+
 @dataclass(frozen=True)
 class Queued:
     job_id: int

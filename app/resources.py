@@ -11,14 +11,10 @@ from procrastinate import App
 
 from app.client_ip import IpHasher
 from app.db import Database, create_pool
+from app.events import load_ip_hasher
 from app.queue import Queue
 from app.ratelimit import MemoryRateLimiter, PostgresRateLimiter, RateLimiter
 from app.settings import Settings
-from app.sql import queries
-
-
-async def _stored_ip_hash_secret(conn: asyncpg.Connection) -> str:
-    return str(await queries.events_ip_hash_secret(conn))
 
 
 @dataclass
@@ -45,12 +41,9 @@ class Resources:
         database, loaded on first use so that start-up does not need the database."""
         if self._ip_hasher is None:
             override = self.settings.ip_hash_secret
-            secret = (
-                override.get_secret_value()
-                if override
-                else await self.db.run("events.ip_hash_secret", _stored_ip_hash_secret)
+            self._ip_hasher = await load_ip_hasher(
+                self.db, override=override.get_secret_value() if override else None
             )
-            self._ip_hasher = IpHasher(secret)
         return self._ip_hasher
 
 

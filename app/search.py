@@ -25,7 +25,7 @@ logger = logging.getLogger("ingest.search")
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_QUERY_CHARS = 500
-ACTOR = "job:rebuild_search"  # the rebuild's audit rows
+ACTOR = "job:rebuild_search"  # the audit actor of a rebuild run outside a job
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,7 @@ class RebuildReport:
 async def rebuild_in_transaction(
     conn: asyncpg.Connection,
     *,
+    actor: str = ACTOR,
     lock_timeout_ms: int = SWAP_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
     retry_wait_s: float = SWAP_RETRY_WAIT_S,
@@ -137,7 +138,7 @@ async def rebuild_in_transaction(
         conn, lock_timeout_ms=lock_timeout_ms, attempts=attempts, retry_wait_s=retry_wait_s
     )
     report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
-    await audit.record(conn, actor=ACTOR, action="search.rebuild", details=asdict(report))
+    await audit.record(conn, actor=actor, action="search.rebuild", details=asdict(report))
     return report
 
 
@@ -162,6 +163,7 @@ async def _swap_with_retries(
 async def rebuild_search_index(
     dsn: str,
     *,
+    actor: str = ACTOR,
     lock_timeout_ms: int = SWAP_LOCK_TIMEOUT_MS,
     attempts: int = SWAP_ATTEMPTS,
     retry_wait_s: float = SWAP_RETRY_WAIT_S,
@@ -174,7 +176,11 @@ async def rebuild_search_index(
         await init_connection(conn)
         async with conn.transaction():
             return await rebuild_in_transaction(
-                conn, lock_timeout_ms=lock_timeout_ms, attempts=attempts, retry_wait_s=retry_wait_s
+                conn,
+                actor=actor,
+                lock_timeout_ms=lock_timeout_ms,
+                attempts=attempts,
+                retry_wait_s=retry_wait_s,
             )
     finally:
         await conn.close()

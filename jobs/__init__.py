@@ -10,18 +10,22 @@ test database) so nothing global is ever re-pointed at another database.
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
+from typing import Any
 
 from procrastinate import App, PsycopgConnector
 
-from app.local import recorded_database_url
+from app.errors import ConfigurationError
+from app.local_service import resolve_database_url
 from app.settings import Settings
 
 
 def create_app(conninfo: str) -> App:
     """A Procrastinate App on `conninfo` with every task of this package registered."""
-    app = App(connector=PsycopgConnector(conninfo=conninfo))
+    return _with_tasks(App(connector=PsycopgConnector(conninfo=conninfo)))
+
+
+def _with_tasks(app: App) -> App:
     for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         register = getattr(importlib.import_module(f"{__name__}.{module.name}"), "register", None)
         if register is not None:
@@ -29,11 +33,25 @@ def create_app(conninfo: str) -> App:
     return app
 
 
-def _shell_conninfo() -> str:
-    """DATABASE_URL, else the URL a running local (embedded) service recorded."""
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    return recorded_database_url(Settings().data_dir) or ""
+class UnresolvedConnector(PsycopgConnector):
+    """The connector of `jobs.app` when no database is known: it refuses to open, with the
+    reason, instead of letting libpq connect to whatever server its defaults name."""
+
+    def __init__(self, problem: ConfigurationError) -> None:
+        super().__init__(conninfo="")
+        self.problem = problem
+
+    async def open_async(self, pool: Any = None, **kwargs: Any) -> None:
+        raise self.problem
 
 
-app = create_app(_shell_conninfo())
+def _shell_app() -> App:
+    """The App of `procrastinate --app=jobs.app ...`: on DATABASE_URL, else on the running
+    local service's database (app/local_service.py), else one that says why it cannot open."""
+    try:
+        return create_app(resolve_database_url(Settings()))
+    except ConfigurationError as problem:
+        return _with_tasks(App(connector=UnresolvedConnector(problem)))
+
+
+app = _shell_app()

@@ -16,32 +16,32 @@ from procrastinate import App, JobContext, RetryStrategy
 
 from app import audit
 from app.ratelimit import purge_idle_buckets
-from jobs.resources import resources_for
+from jobs.resources import job_actor, resources_for
 
 logger = logging.getLogger("ingest.jobs.events")
 
-ACTOR = "job:purge_event_state"
+TASK = "purge_event_state"
 
 
 async def purge_event_state(context: JobContext, timestamp: int | None = None) -> dict[str, int]:
     """Delete full rate-limit buckets (a full bucket is the same as none)."""
     res = await resources_for(context)
-    report = await res.db.run("events.purge_state", _purge)
+    report = await res.db.run("events.purge_state", _purge, actor=job_actor(context, TASK))
     logger.info("purged event state", extra=report)
     return report
 
 
-async def _purge(conn: asyncpg.Connection) -> dict[str, int]:
+async def _purge(conn: asyncpg.Connection, *, actor: str) -> dict[str, int]:
     buckets = await purge_idle_buckets(conn)
     report = {"rate_limit_buckets": buckets}
     if buckets:
-        await audit.record(conn, actor=ACTOR, action="events.purge", details=report)
+        await audit.record(conn, actor=actor, action="events.purge", details=report)
     return report
 
 
 def register(app: App) -> None:
     task = app.task(
-        name="purge_event_state",
+        name=TASK,
         pass_context=True,
         queue="maintenance",
         queueing_lock="purge_event_state",

@@ -1,7 +1,8 @@
 """What tasks need besides their arguments (the process's `Resources`), and their retry policy.
 
 `ingest worker` and `ingest run` pass these to the worker as additional context. A worker
-started with `procrastinate worker` gets them built on first use from the environment.
+started with `procrastinate worker` gets them built on first use from the environment (or,
+beside a running local service, from its database).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
 
 from app.errors import IngestError
+from app.local_service import operator_settings
 from app.resources import Resources, open_worker_resources
 from app.settings import Settings
 
@@ -28,6 +30,13 @@ class RetryUnlessInvalid(RetryStrategy):
         return super().get_retry_decision(exception=exception, job=job)
 
 
+def job_actor(context: JobContext, task_name: str) -> str:
+    """The audit actor of a job: `job:<task>:<job id>`, the same shape for every task (the
+    task says what ran, the id finds its row in procrastinate_jobs)."""
+    job_id = context.job.id if context.job else None
+    return f"job:{task_name}:{job_id}" if job_id is not None else f"job:{task_name}"
+
+
 _LOCK = asyncio.Lock()
 
 
@@ -40,5 +49,6 @@ async def resources_for(context: JobContext) -> Resources:
     async with _LOCK:
         holder = context.additional_context.setdefault("_lazy", {})
         if "resources" not in holder:
-            holder["resources"] = await open_worker_resources(Settings(), jobs=context.app)
+            settings, _ = operator_settings(Settings())
+            holder["resources"] = await open_worker_resources(settings, jobs=context.app)
         return holder["resources"]

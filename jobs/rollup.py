@@ -25,7 +25,7 @@ from app.queue import BACKFILL_TASK, REFRESH_TASK, ROLLUP_LOCK, ROLLUP_TASK
 from app.rollup.config import DEFAULT_DAYS
 from app.rollup.plan import Reason
 from app.rollup.run import rollup_and_record
-from jobs.resources import RetryUnlessInvalid, resources_for
+from jobs.resources import RetryUnlessInvalid, job_actor, resources_for
 
 logger = logging.getLogger("ingest.jobs.rollup")
 
@@ -68,9 +68,9 @@ async def run_rollup_task(
     else:
         end_day = parse_day(date, default=rollup.utc_today())
         count, reason = parse_days(days), Reason.OPERATOR
-    job_id = context.job.id if context.job else None
+    actor = job_actor(context, ROLLUP_TASK)
     report = await rollup_and_record(
-        res.settings, end_day=end_day, days=count, reason=reason, actor=f"job:{job_id}"
+        res.settings, end_day=end_day, days=count, reason=reason, actor=actor
     )
     await res.queue.author_notifications()
     return rollup.report_details(report)
@@ -83,8 +83,8 @@ async def rollup_refresh(context: JobContext, timestamp: int | None = None) -> d
     Procrastinate skips periodic runs missed by more than 10 minutes; this one catches up on
     its first run after a worker was down, over midnight included."""
     res = await resources_for(context)
-    job_id = context.job.id if context.job else None
-    report = await rollup_and_record(res.settings, actor=f"job:{job_id}")
+    task_name = context.job.task_name if context.job else REFRESH_TASK
+    report = await rollup_and_record(res.settings, actor=job_actor(context, task_name))
     if report.is_noop:
         return {"days": []}
     await res.queue.author_notifications()

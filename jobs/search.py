@@ -17,7 +17,7 @@ from procrastinate import App, JobContext, RetryStrategy
 
 from app.queue import REBUILD_SEARCH_LOCK, REBUILD_SEARCH_TASK
 from app.search import rebuild_search_index
-from jobs.resources import resources_for
+from jobs.resources import job_actor, resources_for
 
 logger = logging.getLogger("ingest.jobs.search")
 
@@ -27,7 +27,8 @@ async def rebuild_search(context: JobContext, timestamp: int | None = None) -> N
     res = await resources_for(context)
     if not res.settings.database_url:
         raise RuntimeError("DATABASE_URL is not set for this worker")
-    report = await rebuild_search_index(res.settings.database_url)
+    actor = job_actor(context, REBUILD_SEARCH_TASK)
+    report = await rebuild_search_index(res.settings.database_url, actor=actor)
     logger.info("search rebuilt", extra=asdict(report))
 
 

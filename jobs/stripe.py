@@ -5,11 +5,13 @@ reconcile the inbox with Stripe's Events API.
     procrastinate --app=jobs.app defer sweep_stripe_inbox '{}'
     procrastinate --app=jobs.app defer reconcile_stripe '{}'
 
-`process_stripe_event` has a queueing lock per event (`stripe_event:<id>`), so at most one
-job waits per event, and retries with exponential back-off. Its effect is idempotent (the
-event row is locked and marked processed in the effect's transaction). `sweep_stripe_inbox`
-runs every minute and re-defers any unprocessed row with no job waiting or running: left by
-a crash between the webhook's commit and its defer, or by a job whose retries ran out.
+`process_stripe_event` has a queueing lock per event (`stripe_event:<id>`) however it is
+deferred (jobs/argument_locks.py), so at most one job waits per event, and retries with
+exponential back-off; an event that is not in the inbox fails at once (retrying cannot
+help). Its effect is idempotent (the event row is locked and marked processed in the
+effect's transaction). `sweep_stripe_inbox` runs every minute and re-defers any unprocessed
+row with no job waiting or running: left by a crash between the webhook's commit and its
+defer, or by a job whose retries ran out.
 `reconcile_stripe` runs every 10 minutes when STRIPE_SECRET_KEY is set (app/stripe_reconcile.py)
 and queues processing for every event it recovers.
 """
@@ -26,8 +28,10 @@ from procrastinate.retry import RetryDecision
 from app import stripe_inbox, stripe_reconcile
 from app.errors import ConfigurationError
 from app.queue import PROCESS_STRIPE_TASK as PROCESS_TASK
+from app.queue import argument_lock
 from app.resources import Resources
-from jobs.resources import RetryUnlessInvalid, resources_for
+from jobs.argument_locks import register_locked_by_argument
+from jobs.resources import RetryUnlessInvalid, job_actor, resources_for
 
 logger = logging.getLogger("ingest.jobs.stripe")
 
@@ -36,8 +40,10 @@ RECONCILE_TASK = "reconcile_stripe"
 RECONCILE_CRON = "*/10 * * * *"  # stripe_reconcile.CADENCE says it in words
 QUEUE = "stripe"
 SWEEP_BATCH = 500
-# 6 retries after 2, 4, 8, 16, 32 and 64 s; then the sweeper takes over, waiting longer.
-PROCESS_RETRY = RetryStrategy(max_attempts=6, exponential_wait=2)
+# 6 retries after 2, 4, 8, 16, 32 and 64 s; then the sweeper takes over, waiting longer. None
+# for an event id the inbox does not have: it cannot succeed (the sweeper only re-queues rows
+# that are in the inbox).
+PROCESS_RETRY = RetryUnlessInvalid(max_attempts=6, exponential_wait=2)
 # Donation states an author hears about (the notification task reads the donations table).
 NOTIFIED_STATUSES = frozenset({"succeeded", "partially_refunded", "refunded", "disputed", "lost"})
 
@@ -65,14 +71,17 @@ class SweepReport:
         return {"requeued": self.requeued, "alreadyQueued": self.already_queued}
 
 
+def _lock_of_arguments(arguments: dict[str, object]) -> str | None:
+    return argument_lock(PROCESS_TASK, arguments)
+
+
 async def process_stripe_event(context: JobContext, event_id: str) -> dict[str, object]:
     """Apply one stored event; raising makes Procrastinate retry it."""
     res = await resources_for(context)
-    job_id = context.job.id if context.job else None
     result = await stripe_inbox.process_stored_event(
         res.db,
         event_id=event_id,
-        actor=f"job:{job_id}",
+        actor=job_actor(context, PROCESS_TASK),
         lock_timeout_ms=res.settings.stripe_lock_timeout_ms,
     )
     if result.changed and result.status in NOTIFIED_STATUSES:
@@ -83,7 +92,7 @@ async def process_stripe_event(context: JobContext, event_id: str) -> dict[str, 
     return result.as_json()
 
 
-async def sweep_inbox(res: Resources) -> SweepReport:
+async def sweep_inbox(res: Resources, *, actor: str = f"job:{SWEEP_TASK}") -> SweepReport:
     """Re-defer every stranded inbox row (see `stripe_sweep_candidates` in sql/stripe.sql)."""
     candidates = await res.db.run(
         "stripe.sweep_candidates",
@@ -93,7 +102,9 @@ async def sweep_inbox(res: Resources) -> SweepReport:
     )
     requeued = [e for e in candidates if await res.queue.stripe_event(e)]
     if requeued:
-        await res.db.run("stripe.record_sweep", stripe_inbox.record_sweep, event_ids=requeued)
+        await res.db.run(
+            "stripe.record_sweep", stripe_inbox.record_sweep, event_ids=requeued, actor=actor
+        )
         logger.warning("stranded Stripe events re-queued", extra={"count": len(requeued)})
     return SweepReport(requeued=requeued, already_queued=len(candidates) - len(requeued))
 
@@ -103,7 +114,7 @@ async def sweep_stripe_inbox(
 ) -> dict[str, object]:
     """Every minute: nothing in the inbox stays without a job."""
     res = await resources_for(context)
-    return (await sweep_inbox(res)).as_json()
+    return (await sweep_inbox(res, actor=job_actor(context, SWEEP_TASK))).as_json()
 
 
 async def reconcile_inbox(
@@ -138,19 +149,23 @@ async def reconcile_stripe(
     if not stripe_reconcile.enabled(res.settings):
         return {"skipped": "STRIPE_SECRET_KEY is not set"}
     try:
-        return await reconcile_inbox(res, actor=f"job:{RECONCILE_TASK}", since=since)
+        actor = job_actor(context, RECONCILE_TASK)
+        return await reconcile_inbox(res, actor=actor, since=since)
     except ConfigurationError as exc:
         logger.error("Stripe reconciliation failed: %s", exc.message)
         raise
 
 
 def register(app: App) -> None:
-    app.task(
+    register_locked_by_argument(
+        app,
+        process_stripe_event,
+        lock_of=_lock_of_arguments,
         name=PROCESS_TASK,
         pass_context=True,
         queue=QUEUE,
         retry=PROCESS_RETRY,
-    )(process_stripe_event)
+    )
     sweep = app.task(
         name=SWEEP_TASK,
         pass_context=True,

@@ -219,5 +219,7 @@ async def test_concurrent_rollup_triggers_queue_one_job_and_one_run(
     await run_jobs()
     # The worker's periodic backfill may add a run of its own; this job ran once.
     job_id = answers[0].json()["jobId"]
-    runs = await pool.fetch("SELECT status FROM rollup_runs WHERE actor = $1", f"job:{job_id}")
+    runs = await pool.fetch(
+        "SELECT status FROM rollup_runs WHERE actor = $1", f"job:rollup:{job_id}"
+    )
     assert [r["status"] for r in runs] == ["succeeded"]

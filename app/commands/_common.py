@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from app.db import Database, create_pool
-from app.errors import ConfigurationError
-from app.local import recorded_database_url
+from app.local_service import resolve_database_url
 from app.settings import Settings
 
 
 def database_url(settings: Settings) -> str:
-    """DATABASE_URL, else the URL of the local service running beside this checkout."""
-    url = settings.database_url or recorded_database_url(settings.data_dir)
-    if not url:
-        raise ConfigurationError(
-            "DATABASE_URL is not set and no local service is running (start one with `make run`)"
-        )
-    return url
-
-
-def operator_actor() -> str:
-    """Audit actor for operator commands: the shell user, never a credential."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
+    """DATABASE_URL, else the URL of the local service running beside this checkout, else a
+    ConfigurationError naming both (app/local_service.py)."""
+    return resolve_database_url(settings)
 
 
 def command_db(settings: Settings, *, max_size: int = 2) -> AbstractAsyncContextManager[Database]:

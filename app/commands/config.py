@@ -1,4 +1,8 @@
-"""`ingest config`: the effective configuration, secrets masked."""
+"""`ingest config`: the effective configuration, secrets masked.
+
+Beside a running local service, what the environment lacks (the database, the generated
+secrets) is shown as that service's, and marked so.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import re
 
 from pydantic import SecretStr
 
-from app import stripe_reconcile
+from app import local_service, stripe_reconcile
 from app.credentials import fingerprint
 from app.settings import Settings, split_secret
 
@@ -16,8 +20,14 @@ def _mask_url(url: str) -> str:
     return re.sub(r"://([^:/@]+):([^@]*)@", r"://\1:****@", url)
 
 
-def describe(settings: Settings) -> list[tuple[str, str]]:
-    """(ENV_NAME, shown value) for every setting; secrets appear as counts and fingerprints."""
+LOCAL_MARK = "  (the running local service's)"
+
+
+def describe(
+    settings: Settings, *, from_local: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """(ENV_NAME, shown value) for every setting; secrets appear as counts and fingerprints;
+    the names in `from_local` are marked as the running local service's."""
     rows = []
     for name, field in type(settings).model_fields.items():
         env = (field.alias or name).upper()
@@ -35,13 +45,13 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             shown = _mask_url(str(value))
         else:
             shown = str(value)
-        rows.append((env, shown))
+        rows.append((env, shown + (LOCAL_MARK if env in from_local else "")))
     return rows
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    for env, shown in describe(settings):
+    settings, from_local = local_service.operator_settings(Settings())
+    for env, shown in describe(settings, from_local=frozenset(from_local)):
         print(f"{env:<32} {shown}")
     print(f"\nStripe reconciliation: {stripe_reconcile.describe(settings)}")
     return 0

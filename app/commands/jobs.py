@@ -50,15 +50,16 @@ async def _retry(url: str, job_id: int) -> int:
         raise NotFound(
             f"job #{job_id} is {job['status']}, not failed; only failed jobs are retried"
         )
+    args = job["args"] or {}
     app = queue.job_app(url)
     async with app.open_async():
         task = app.configure_task(
             job["task_name"],
             queue=job["queue_name"],
             lock=job["lock"],
-            queueing_lock=job["queueing_lock"],
+            queueing_lock=job["queueing_lock"] or queue.argument_lock(job["task_name"], args),
         )
-        return int(await task.defer_async(**(job["args"] or {})))
+        return int(await task.defer_async(**args))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -12,12 +12,13 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 import asyncpg
 
-from app import rollup
-from app.commands._common import command_db, database_url, operator_actor
+from app import audit, rollup
+from app.commands._common import command_db, database_url
 from app.db import Unit
 from app.rollup.plan import dirty_days
 from app.settings import Settings
@@ -48,6 +49,9 @@ def _settings() -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The report is printed on stdout; the run's own "rollup finished" log line (for workers,
+    # whose reports nobody prints) would say it all a second time on stderr.
+    logging.getLogger("ingest.rollup").setLevel(logging.WARNING)
     if args.status:
         print(json.dumps(asyncio.run(_status(_settings())), indent=2, default=str))
         return 0
@@ -56,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
             _settings(),
             end_day=args.date or rollup.utc_today(),
             days=0 if args.refresh else args.days,
-            actor=operator_actor(),
+            actor=audit.operator_actor(),
             dry_run=args.dry_run,
         )
     )

@@ -15,7 +15,7 @@ from typing import TypeVar
 import asyncpg
 
 from app import audit
-from app.commands._common import database_at, database_url, operator_actor
+from app.commands._common import database_at, database_url
 from app.crawl_sources import CrawlSource, assign_curator, list_sources, register_source
 from app.settings import Settings
 
@@ -36,7 +36,7 @@ async def add_source(url: str, *, name: str, curator_id: str) -> str:
         source_id = await register_source(conn, name=name, curator_id=curator_id)
         await audit.record(
             conn,
-            actor=operator_actor(),
+            actor=audit.operator_actor(),
             action="crawl.source_added",
             subject=source_id,
             details={"name": name, "curatorId": curator_id},
@@ -51,7 +51,7 @@ async def set_curator(url: str, *, source_id: str, curator_id: str) -> None:
         await assign_curator(conn, source_id=source_id, curator_id=curator_id)
         await audit.record(
             conn,
-            actor=operator_actor(),
+            actor=audit.operator_actor(),
             action="crawl.source_curator_set",
             subject=source_id,
             details={"curatorId": curator_id},

@@ -17,8 +17,8 @@ import argparse
 import asyncio
 import json
 
-from app import stripe_inbox, stripe_reconcile
-from app.commands._common import command_db, operator_actor
+from app import audit, stripe_inbox, stripe_reconcile
+from app.commands._common import command_db
 from app.db import Database
 from app.settings import Settings
 
@@ -28,7 +28,7 @@ async def _replay(settings: Settings, event_id: str) -> stripe_inbox.ProcessResu
         return await stripe_inbox.process_stored_event(
             db,
             event_id=event_id,
-            actor=operator_actor(),
+            actor=audit.operator_actor(),
             lock_timeout_ms=settings.stripe_lock_timeout_ms,
             force=True,
         )
@@ -44,7 +44,7 @@ async def _reconcile(settings: Settings, since: str | None) -> dict[str, object]
     async with command_db(settings) as db:
         async with stripe_reconcile.stripe_client(settings) as client:
             report = await stripe_reconcile.reconcile(
-                db, client=client, settings=settings, actor=operator_actor(), since=since_at
+                db, client=client, settings=settings, actor=audit.operator_actor(), since=since_at
             )
         applied = [await _apply_recovered(db, settings, e) for e in report.recovered]
     return {**report.as_json(), "processed": dict(zip(report.recovered, applied, strict=True))}
@@ -56,7 +56,7 @@ async def _apply_recovered(db: Database, settings: Settings, event_id: str) -> s
         result = await stripe_inbox.process_stored_event(
             db,
             event_id=event_id,
-            actor=operator_actor(),
+            actor=audit.operator_actor(),
             lock_timeout_ms=settings.stripe_lock_timeout_ms,
         )
     except Exception as exc:  # recorded on the inbox row; the sweeper retries it

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document (sanic-ext), built from the pydantic models the handlers validate with.
 
-Served at /openapi.json (and to the Redoc/Swagger pages under /docs). Routes describe themselves
+Served at /openapi.json (and to the pages under /docs, docs_ui.py). Routes describe themselves
 with `sanic_ext.openapi.definition`, using the helpers here: `json_content` (a pydantic model as
 a component), `checked_one_by_one` (arrays whose items are validated on their own),
 `query_parameters`, `error_responses` (the shared error model) and the credential schemes;
@@ -31,6 +31,7 @@ from sanic_ext.extensions.openapi.definitions import Parameter
 from sanic_ext.extensions.openapi.types import Schema
 
 from app import __version__
+from app.http import docs_ui
 from app.http.middleware import REQUEST_ID_PATTERN
 from app.http.render import MAX_JSON_DEPTH, json_response
 from app.settings import split_secret
@@ -40,7 +41,6 @@ CRON_SECRET_SCHEME = "cronSecret"  # noqa: S105
 STRIPE_SIGNATURE_SCHEME = "stripeSignature"
 METRICS_TOKEN_SCHEME = "metricsToken"  # noqa: S105
 OPENAPI_VERSION = "3.1.0"
-SWAGGER_UI_VERSION = "5.17.14"  # the first major version that reads OpenAPI 3.1
 
 # `secured=` values for `openapi.definition`.
 APP_TOKEN: dict[str, Any] = {APP_TOKEN_SCHEME: []}
@@ -377,7 +377,7 @@ def configure(app: Sanic) -> None:
             "oas_uri_to_json": "/openapi.json",
             "oas_ignore_head": True,
             "oas_ignore_options": True,
-            "oas_ui_swagger_version": SWAGGER_UI_VERSION,
+            **docs_ui.sanic_ext_config(),
             "health": False,
         }
     )
@@ -410,3 +410,4 @@ def configure(app: Sanic) -> None:
     )
     app.add_route(_openapi_json, "/openapi.json", methods=["GET"], name="openapi_json")
     app.on_request(_docs_pages_read_the_same_document, priority=60)
+    app.blueprint(docs_ui.blueprint())

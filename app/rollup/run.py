@@ -233,6 +233,8 @@ async def run_rollup(
         config=config,
         today=today,
     )
+    if not requested and plan.days:
+        last_day = plan.days[-1]  # a refresh ends on the last dirty day it rolls, not today
     report = RollupReport(
         run_id=None,
         end_day=last_day,
@@ -319,6 +321,12 @@ async def _real_run(
         raise
     report.duration_ms = _ms_since(started)
     await db.run("rollup.finish", _finish, report=report, status="succeeded", error=None)
+    report.top = await db.run(
+        Unit("rollup.top", transaction=False),
+        top_entries,
+        day=report.end_day,
+        limit=DRY_RUN_TOP,
+    )
 
 
 async def _finish(

@@ -93,11 +93,13 @@ async def sweep_candidates(conn: asyncpg.Connection, *, grace_s: float, limit: i
     ]
 
 
-async def record_sweep(conn: asyncpg.Connection, *, event_ids: list[str]) -> None:
+async def record_sweep(
+    conn: asyncpg.Connection, *, event_ids: list[str], actor: str = "job:sweep_stripe_inbox"
+) -> None:
     """Audit the events the sweeper re-queued: each one was stranded for a while."""
     await audit.record(
         conn,
-        actor="job:sweep_stripe_inbox",
+        actor=actor,
         action="stripe.inbox_swept",
         subject=None,
         details={"requeued": event_ids[:100], "count": len(event_ids)},

@@ -228,7 +228,7 @@ async def test_sigterm_during_load_finishes_in_flight_work_then_stops_cleanly(
         try:
             job = await after.fetchval(status, running)
             run = await after.fetchval(
-                "SELECT status FROM rollup_runs WHERE actor = $1", f"job:{running}"
+                "SELECT status FROM rollup_runs WHERE actor = $1", f"job:rollup:{running}"
             )
         finally:
             await after.close()
