@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -32,6 +32,7 @@ from app import audit, metrics
 from app.errors import SourceWithoutCurator, UnknownSource
 from app.events import ID_PATTERN
 from app.sql import queries
+from app.wire import WireModel
 
 MAX_ITEMS = 200
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -181,34 +182,33 @@ class CrawlBatch(BaseModel):
     items: list[Any] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
-@dataclass(frozen=True)
-class Rejection:
-    index: int
-    reason: str
+# An item refused, by its position in the request. (Wire models carry no docstring: it would
+# become their description in the OpenAPI document.)
+class RejectedItem(WireModel):
+    index: int = Field(description="position in `items`")
+    reason: str = Field(description="the item's field errors, or a duplicate externalId")
 
 
 @dataclass(frozen=True)
 class ValidatedItems:
     accepted: list[tuple[int, CrawlItem]]
-    rejected: list[Rejection]
+    rejected: list[RejectedItem]
 
 
-@dataclass(frozen=True)
-class ItemOutcome:
+class ItemOutcome(WireModel):
     index: int
     external_id: str
-    status: str  # created, updated or unchanged
+    status: Literal["created", "updated", "unchanged"]
     rule_id: str | None
 
 
-@dataclass
-class CrawlReport:
+class CrawlReport(WireModel):
     source_id: str
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    items: list[ItemOutcome] = field(default_factory=list)
+    created: int
+    updated: int
+    unchanged: int
+    rejected: list[RejectedItem]
+    items: list[ItemOutcome]
 
     def counts(self) -> dict[str, int]:
         return {
@@ -216,24 +216,6 @@ class CrawlReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "rejected": len(self.rejected),
-        }
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "sourceId": self.source_id,
-            "created": self.created,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "rejected": [{"index": r.index, "reason": r.reason} for r in self.rejected],
-            "items": [
-                {
-                    "index": o.index,
-                    "externalId": o.external_id,
-                    "status": o.status,
-                    "ruleId": o.rule_id,
-                }
-                for o in self.items
-            ],
         }
 
 
@@ -249,17 +231,18 @@ def rejection_reason(exc: ValidationError) -> str:
 def validate_items(raw_items: Sequence[Any]) -> ValidatedItems:
     """Validate each item alone; a repeated external id is rejected for the later copy."""
     accepted: list[tuple[int, CrawlItem]] = []
-    rejected: list[Rejection] = []
+    rejected: list[RejectedItem] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_items):
         try:
             item = CrawlItem.model_validate(raw)
         except ValidationError as exc:
-            rejected.append(Rejection(index, rejection_reason(exc)))
+            rejected.append(RejectedItem(index=index, reason=rejection_reason(exc)))
             continue
         if item.external_id in first_index:
             first = first_index[item.external_id]
-            rejected.append(Rejection(index, f"duplicate externalId in this request (see {first})"))
+            reason = f"duplicate externalId in this request (see {first})"
+            rejected.append(RejectedItem(index=index, reason=reason))
             continue
         first_index[item.external_id] = index
         accepted.append((index, item))
@@ -328,7 +311,12 @@ async def _upsert(
         items=[item.as_row() for _, item in items.accepted],
     )
     outcomes = [
-        ItemOutcome(index_of[r["external_id"]], r["external_id"], r["outcome"], r["rule_id"])
+        ItemOutcome(
+            index=index_of[r["external_id"]],
+            external_id=r["external_id"],
+            status=r["outcome"],
+            rule_id=r["rule_id"],
+        )
         async for r in rows
     ]
     return sorted(outcomes, key=lambda o: o.index)

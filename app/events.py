@@ -22,6 +22,7 @@ from app.client_ip import IpHasher
 from app.db import Database, Unit
 from app.errors import ValidationFailed
 from app.sql import queries
+from app.wire import WireModel
 
 MAX_EVENTS = 500
 MAX_BODY_BYTES = 1024 * 1024
@@ -67,18 +68,15 @@ class PreparedBatch:
     duplicates: int = 0
 
 
-@dataclass
-class IngestReport:
+class RejectedEvent(WireModel):
+    index: int = Field(description="position in `events`")
+    reason: str = Field(description="unknown_type, invalid_rule_id, unknown_rule, ts_too_old, ...")
+
+
+class EventIngestReport(WireModel):
     accepted: int
     duplicates: int
-    rejected: list[tuple[int, str]]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": [{"index": i, "reason": r} for i, r in self.rejected],
-        }
+    rejected: list[RejectedEvent]
 
 
 def check_batch_size(data: Any) -> None:
@@ -199,7 +197,7 @@ def prepare_batch(
 
 async def ingest_batch(
     conn: asyncpg.Connection, *, batch: PreparedBatch, actor: str, request_id: str | None
-) -> IngestReport:
+) -> EventIngestReport:
     """Store a prepared batch with one statement (plus the audit row it writes itself).
 
     Outside a transaction the statement first runs without the per-event rule and user probes:
@@ -223,7 +221,7 @@ async def _run_batch(
     request_id: str | None,
     *,
     check_refs: bool,
-) -> IngestReport:
+) -> EventIngestReport:
     row = await queries.events_ingest_batch(
         conn,
         idx=batch.idx,
@@ -245,7 +243,11 @@ async def _run_batch(
     rejected += [(i, "unknown_rule") for i in row["unknown_rule"]]
     rejected += [(i, "unknown_user") for i in row["unknown_user"]]
     rejected.sort()
-    return IngestReport(row["accepted"], row["duplicates"], rejected)
+    return EventIngestReport(
+        accepted=row["accepted"],
+        duplicates=row["duplicates"],
+        rejected=[RejectedEvent(index=i, reason=r) for i, r in rejected],
+    )
 
 
 # The batch is one statement, and a statement outside BEGIN is its own transaction: it
@@ -260,18 +262,18 @@ INGEST = Unit(
 
 async def store_batch(
     db: Database, *, batch: PreparedBatch, actor: str, request_id: str | None
-) -> IngestReport:
+) -> EventIngestReport:
     """The unit of work of one request (`INGEST`), counted in the event metrics."""
     report = await db.run(INGEST, ingest_batch, batch=batch, actor=actor, request_id=request_id)
     _count(report)
     return report
 
 
-def _count(report: IngestReport) -> None:
+def _count(report: EventIngestReport) -> None:
     metrics.EVENTS.labels("accepted").inc(report.accepted)
     metrics.EVENTS.labels("duplicate").inc(report.duplicates)
     metrics.EVENTS.labels("rejected").inc(len(report.rejected))
-    for reason, count in Counter(reason for _, reason in report.rejected).items():
+    for reason, count in Counter(r.reason for r in report.rejected).items():
         metrics.EVENTS_REJECTED.labels(reason).inc(count)
 
 

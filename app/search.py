@@ -19,6 +19,7 @@ import asyncpg
 from app import audit
 from app.db import connect, init_connection
 from app.sql import queries
+from app.wire import WireModel
 
 logger = logging.getLogger("ingest.search")
 
@@ -28,20 +29,11 @@ MAX_QUERY_CHARS = 500
 ACTOR = "job:rebuild_search"  # the audit actor of a rebuild run outside a job
 
 
-@dataclass(frozen=True)
-class SearchHit:
+class SearchHit(WireModel):
     rule_id: str
     title: str
     rank: float
     headline: str
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "ruleId": self.rule_id,
-            "title": self.title,
-            "rank": self.rank,
-            "headline": self.headline,
-        }
 
 
 async def search_rules(

@@ -210,7 +210,7 @@ async def test_known_rejection_reasons_are_every_reason_intake_gives(pool: async
     async with pool.acquire() as conn:
         await create_rule(conn, id="rul_known")
         report = await ingest_batch(conn, batch=batch, actor="app:t", request_id=None)
-    assert [reason for _, reason in report.rejected] == list(metrics.EVENT_REJECT_REASONS)
+    assert [r.reason for r in report.rejected] == list(metrics.EVENT_REJECT_REASONS)
 
 
 def test_known_crawl_outcomes_queues_and_limits_are_the_services() -> None:

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from app.blueprints.crawl import CrawlReport
-from app.blueprints.events import EventIngestReport
 from app.blueprints.rollup import RollupDryRun
 from app.blueprints.stripe import WebhookReceipt
+from app.events import EventIngestReport
 from app.http.openapi import ErrorBody, JobQueued
 from app.http.render import unstorable
 from tests import stripe_helpers

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
-from app.crawl import MAX_BODY_BYTES, MAX_ITEMS, CrawlBatch, CrawlItem, import_items, validate_items
+from app.crawl import (
+    MAX_BODY_BYTES,
+    MAX_ITEMS,
+    CrawlBatch,
+    CrawlItem,
+    CrawlReport,
+    import_items,
+    validate_items,
+)
 from app.http.openapi import (
     APP_TOKEN,
-    ResponseModel,
     checked_one_by_one,
     error_responses,
     json_body,
@@ -21,27 +25,6 @@ from app.http.openapi import (
 from app.http.render import json_response, parse_body
 
 bp = Blueprint("crawl")
-
-
-class RejectedItem(ResponseModel):
-    index: int = Field(description="position in `items`")
-    reason: str = Field(description="the item's field errors, or a duplicate externalId")
-
-
-class ItemOutcome(ResponseModel):
-    index: int
-    external_id: str
-    status: Literal["created", "updated", "unchanged"]
-    rule_id: str | None
-
-
-class CrawlReport(ResponseModel):
-    source_id: str
-    created: int
-    updated: int
-    unchanged: int
-    rejected: list[RejectedItem]
-    items: list[ItemOutcome]
 
 
 ITEMS_SCHEMA = checked_one_by_one(CrawlItem, min_items=1, max_items=MAX_ITEMS)

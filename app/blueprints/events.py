@@ -21,6 +21,7 @@ from app.events import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     TS_PATTERN,
     EventBatch,
+    EventIngestReport,
     EventType,
     check_batch_size,
     prepare_batch,
@@ -28,7 +29,6 @@ from app.events import (
 )
 from app.http.openapi import (
     APP_TOKEN,
-    ResponseModel,
     checked_one_by_one,
     error_responses,
     json_body,
@@ -70,17 +70,6 @@ class Event(BaseModel):
     ip: IpAddress | None = Field(
         default=None, description="the end user's IPv4 or IPv6 address; default: the caller's"
     )
-
-
-class RejectedEvent(ResponseModel):
-    index: int = Field(description="position in `events`")
-    reason: str = Field(description="unknown_type, invalid_rule_id, unknown_rule, ts_too_old, ...")
-
-
-class EventIngestReport(ResponseModel):
-    accepted: int
-    duplicates: int
-    rejected: list[RejectedEvent]
 
 
 EVENTS_SCHEMA = {

@@ -55,17 +55,10 @@ class SearchParams(BaseModel):
     )
 
 
-class SearchHit(ResponseModel):
-    rule_id: str
-    title: str
-    rank: float
-    headline: str
-
-
 class SearchResults(ResponseModel):
     query: str
     count: int
-    results: list[SearchHit]
+    results: list[search.SearchHit]
 
 
 def _search_params(request: Request) -> SearchParams:

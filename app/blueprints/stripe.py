@@ -89,7 +89,8 @@ async def stripe_webhook(request: Request) -> HTTPResponse:
     metrics.WEBHOOKS.labels(event.type, "duplicate" if receipt.duplicate else "stored").inc()
     if not receipt.processed:
         await _defer(request, event.id)
-    return json_response(receipt.as_json())
+    answer = WebhookReceipt(received=True, event_id=receipt.event_id, duplicate=receipt.duplicate)
+    return json_response(answer.as_json())
 
 
 def _refuse_unstorable(body: bytes) -> None:

@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import core_schema
 from sanic import Request, Sanic
@@ -35,6 +34,7 @@ from app.http import docs_ui
 from app.http.middleware import REQUEST_ID_PATTERN
 from app.http.render import MAX_JSON_DEPTH, json_response
 from app.settings import split_secret
+from app.wire import WireModel
 
 APP_TOKEN_SCHEME = "appToken"  # noqa: S105 (a scheme name, not a secret)
 CRON_SECRET_SCHEME = "cronSecret"  # noqa: S105
@@ -62,10 +62,8 @@ ERROR_DESCRIPTIONS = {
 }
 
 
-class ResponseModel(BaseModel):
-    """Base of documented answers: camelCase on the wire, and nothing undocumented."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+# Base of documented answers: camelCase on the wire, and nothing undocumented.
+ResponseModel = WireModel
 
 
 class ErrorDetail(BaseModel):

@@ -35,9 +35,6 @@ class Receipt:
     duplicate: bool
     processed: bool
 
-    def as_json(self) -> dict[str, Any]:
-        return {"received": True, "eventId": self.event_id, "duplicate": self.duplicate}
-
 
 async def store_event(
     conn: asyncpg.Connection, *, event: InboxEvent, request_id: str | None
