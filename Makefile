@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint typecheck check rules bench bench-smoke migrate clean reset-data clients-types
+.PHONY: run demo test test-unit lint typecheck check rules bench bench-smoke migrate clean reset-data clients-types
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 ## Run the test suite (TEST_DATABASE_URL, else a Docker container, else embedded PostgreSQL).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The tests that need no database (tests/unit): seconds.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 migrate: $(STAMP)
 	$(BIN)/ingest migrate

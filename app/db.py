@@ -92,7 +92,7 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     unlock, CLOSE ALL), a round trip that cost about 8 % of a worker's time on the intake path.
     The service leaves no session state behind: settings are transaction-local (`set_config(...,
     true)`), advisory locks are transaction-level, nothing listens or holds cursors on the pool
-    (tests/test_db.py keeps `sql/` to that)."""
+    (tests/integration/test_db.py keeps `sql/` to that)."""
 
 
 def configured_statement_cache_size() -> int:

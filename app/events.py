@@ -36,7 +36,7 @@ ID_PATTERN = r"[A-Za-z0-9_\-]{1,128}"
 _ID = re.compile(ID_PATTERN)
 # An event's `ts`: RFC 3339 with an offset, as the OpenAPI document states it. `datetime.
 # fromisoformat` also reads week dates, a space for `T`, no seconds, `+0530` and more:
-# `_rfc3339_shaped` refuses those (tests/test_event_schema.py holds the two equal).
+# `_rfc3339_shaped` refuses those (tests/unit/test_event_schema.py holds the two equal).
 TS_PATTERN = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
 )

@@ -239,7 +239,7 @@ async def _run_worker_until_stopped(proc_app: Any, **options: Any) -> None:
     """The in-process worker, started again after a database error instead of left dead while
     the server goes on serving: its first query can wait longer than DB_ACQUIRE_TIMEOUT_S for
     the job pool when webhook deliveries fill that pool at start-up (seen in
-    tests/test_races.py), and the database can go away for a while."""
+    tests/integration/test_races.py), and the database can go away for a while."""
     while True:
         try:
             await proc_app.run_worker_async(**options)

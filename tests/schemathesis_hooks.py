@@ -1,4 +1,5 @@
-"""Hooks for the `schemathesis run` that tests/test_openapi_fuzz.py starts (SCHEMATHESIS_HOOKS).
+"""Hooks for the `schemathesis run` that tests/acceptance/test_openapi_fuzz.py starts
+(SCHEMATHESIS_HOOKS).
 
 The run is the one a stranger makes (`schemathesis run <url>/openapi.json --checks all` with
 the credentials as headers), plus what only the suite can do, set through the environment:

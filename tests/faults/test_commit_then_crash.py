@@ -1,9 +1,9 @@
 """A crash between the webhook's inbox commit and its defer, through the real endpoint.
 
-tests/test_stripe_jobs.py::test_the_sweeper_picks_up_a_row_stranded_without_a_job covers the
-sweeper's choice of rows; this one goes end to end: the server commits the event, its defer
-fails (as if the process died right there), Stripe has its 200, and the periodic sweeper task,
-run by a worker, queues and applies the event once.
+tests/integration/test_stripe_jobs.py::test_the_sweeper_picks_up_a_row_stranded_without_a_job
+covers the sweeper's choice of rows; this one goes end to end: the server commits the event,
+its defer fails (as if the process died right there), Stripe has its 200, and the periodic
+sweeper task, run by a worker, queues and applies the event once.
 """
 
 from __future__ import annotations

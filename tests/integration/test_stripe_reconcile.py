@@ -21,6 +21,7 @@ from app.errors import StripeApiUnavailable
 from app.settings import Settings
 from jobs.stripe import RECONCILE_TASK
 from tests.conftest import WEBHOOK_SECRET, RunningServer, drain_queue, make_settings
+from tests.integration.test_stripe_jobs import in_db
 from tests.stripe_api import API_KEY, EventsApi, running_events_api
 from tests.stripe_helpers import (
     apply,
@@ -35,7 +36,6 @@ from tests.stripe_helpers import (
     sign,
     store,
 )
-from tests.test_stripe_jobs import in_db
 
 HOUR = 3600
 

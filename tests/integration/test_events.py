@@ -134,7 +134,7 @@ async def test_every_valid_view_is_stored_whatever_its_order(
     http: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     """Intake keeps no window: each view is stored (the rollup decides which count,
-    tests/test_view_counting.py); only a repeated idempotency key is a duplicate."""
+    tests/integration/test_view_counting.py); only a repeated idempotency key is a duplicate."""
     rule = await create_rule(pool)
     ip = "198.51.100.7"
     times = [T0, T0 + timedelta(minutes=9), T0 - timedelta(days=2), T0 + timedelta(seconds=1)]

@@ -30,7 +30,7 @@ from tests.factories import create_rule
 from tests.faults.conftest import service_env
 
 INGEST = str(Path(sys.executable).parent / "ingest")
-DEPLOY = Path(__file__).parents[1] / "deploy"
+DEPLOY = Path(__file__).parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "ingest.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 

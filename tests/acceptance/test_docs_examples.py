@@ -30,7 +30,7 @@ from tests import docs_examples
 from tests.conftest import free_port
 from tests.faults.conftest import reap, service_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLES = [e for path in DOCUMENTS for e in docs_examples.examples(path)]

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import APP_HEADERS, WEBHOOK_SECRET, RunningServer, make_settings
+from tests.integration.test_http_foundation import assert_error
 from tests.stripe_helpers import (
     WEBHOOK_PATH,
     body_of,
@@ -24,7 +25,6 @@ from tests.stripe_helpers import (
     payment_intent,
     sign,
 )
-from tests.test_http_foundation import assert_error
 
 OLD_SECRET = "whsec_previous_secret"
 

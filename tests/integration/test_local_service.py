@@ -1,6 +1,7 @@
 """One database resolution for every operator command and for `procrastinate --app=jobs.app`:
 DATABASE_URL, else the running local service's, else an error naming both; never libpq's
-defaults. (Beside a real running `ingest run`, tests/test_docs_examples.py runs them all.)"""
+defaults. (Beside a real running `ingest run`, tests/acceptance/test_docs_examples.py runs them
+all.)"""
 
 from __future__ import annotations
 

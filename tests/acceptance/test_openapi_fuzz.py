@@ -12,7 +12,7 @@ Rate limits are off in these servers (tests/conftest.make_settings): with a limi
 of two identical requests is answered 429 depends on the requests before it, and
 schemathesis, which replays a failing case to confirm it, reports that as a flaky case
 rather than as the finding it replayed. A 429 (with `Retry-After`) is documented, and
-tests/test_ratelimit.py checks it.
+tests/integration/test_ratelimit.py checks it.
 
 The run is derandomized (a fixed seed, deterministic generation): the same cases every time.
 """
@@ -32,7 +32,7 @@ from app.settings import Settings
 from tests.conftest import APP_TOKEN, CRON_SECRET, WEBHOOK_SECRET, RunningServer, make_settings
 from tests.factories import add_source
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 METRICS_TOKEN = "test-metrics-token"
 CREDENTIALS = {
     "x-app-token": APP_TOKEN,

@@ -8,7 +8,7 @@ from pathlib import Path
 import jobs
 from app.settings import Settings
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def _section(title: str) -> str:

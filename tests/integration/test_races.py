@@ -25,8 +25,8 @@ from app.db import Database
 from app.rollup import run_rollup, utc_today
 from tests.conftest import APP_HEADERS, CRON_HEADERS, RunningServer
 from tests.factories import add_source, create_rule
+from tests.integration.test_crawl import item
 from tests.stripe_helpers import charge, checkout_session, deliver, event, metadata, new_id
-from tests.test_crawl import item
 
 CLIENTS = 24
 
