@@ -10,13 +10,10 @@ ORDER BY s.rank DESC, s.rule_id;
 SELECT pg_try_advisory_xact_lock(hashtext('ingest.rebuild_search'));
 
 -- name: search_create_next_table#
--- The table a full rebuild fills; created inside the rebuild's transaction, so no other
--- session ever sees it and a failed rebuild leaves nothing behind.
-CREATE TABLE rule_search_next (
-    rule_id      text COLLATE "C" NOT NULL,
-    document     tsvector NOT NULL,
-    row_version  xid
-);
+-- The table a full rebuild fills, shaped like `rule_search` as the migrations made it (columns,
+-- collations, NOT NULL; its key and index come after the fill); created inside the rebuild's
+-- transaction, so no other session ever sees it and a failed rebuild leaves nothing behind.
+CREATE TABLE rule_search_next (LIKE rule_search INCLUDING DEFAULTS);
 
 -- name: search_fill_next_table()$
 -- Every rule's document, recording the version (xmin) of the rules row it was built from.
