@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,27 @@ from app.errors import IngestError
 
 # The unit of database work running in this task (app/db.py), written as each line's `unit`.
 current_unit: ContextVar[str | None] = ContextVar("current_unit", default=None)
+
+
+def _stamped_with_unit(
+    factory: Callable[..., logging.LogRecord],
+) -> Callable[..., logging.LogRecord]:
+    """A record factory that adds the running unit of work as the record's `unit` attribute,
+    when the record is made (a handler may format it later, outside the unit)."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        unit = current_unit.get()
+        if unit is not None:
+            record.unit = unit
+        return record
+
+    make.stamps_unit = True  # type: ignore[attr-defined]
+    return make
+
+
+if not getattr(logging.getLogRecordFactory(), "stamps_unit", False):
+    logging.setLogRecordFactory(_stamped_with_unit(logging.getLogRecordFactory()))
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -26,9 +48,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        unit = current_unit.get()
-        if unit is not None:
-            entry["unit"] = unit
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
