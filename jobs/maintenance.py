@@ -1,5 +1,6 @@
-"""Housekeeping: retry jobs whose worker died, purge old finished jobs and, when
-EVENT_RETENTION_DAYS is set, events older than the retention period."""
+"""Housekeeping: retry jobs whose worker died, purge old finished jobs, create the day
+partitions of `events` ahead of time and, when EVENT_RETENTION_DAYS is set, drop the days older
+than the retention period."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ logger = logging.getLogger("ingest.jobs.maintenance")
 
 FINISHED_JOBS_KEEP_HOURS = 72
 FAILED_JOBS_KEEP_HOURS = 7 * 24
-# Events are accepted up to 30 days old and idempotency keys live on the events, so retention
-# never goes below this, whatever EVENT_RETENTION_DAYS says (docs/rollups.md).
+# Events are accepted up to 30 days old, so retention never goes below this, whatever
+# EVENT_RETENTION_DAYS says: a day that can still receive events is never dropped (docs/rollups.md).
 MIN_EVENT_RETENTION_DAYS = 31
-EVENT_PURGE_BATCH = 10_000
+# Day partitions kept ready: back to the oldest day an accepted event can have (30 days, plus a
+# day for clocks), and a week ahead, so that a week without a worker still finds every day there.
+PARTITION_DAYS_BACK = 31
+PARTITION_DAYS_AHEAD = 7
 
 
 async def retry_stalled_jobs(context: JobContext, timestamp: int) -> int:
@@ -78,29 +82,44 @@ async def purge_old_jobs(context: JobContext, timestamp: int | None = None) -> N
 
 
 async def purge_old_events(context: JobContext, timestamp: int | None = None) -> int:
-    """Delete events older than EVENT_RETENTION_DAYS (0 keeps them forever), in batches.
+    """Drop the day partitions of events older than EVENT_RETENTION_DAYS (0 keeps them forever).
 
-    The daily metrics already hold their numbers; rollups refuse to re-roll days older than
-    the retention period, so purged events never turn into zeros."""
+    Whole days are detached and dropped, so nothing is left for vacuum; the default partition's
+    rows older than the horizon are deleted. The daily metrics already hold their numbers;
+    rollups refuse to re-roll days older than the retention period, so purged events never turn
+    into zeros."""
     res = await resources_for(context)
     days = res.settings.event_retention_days
     if days <= 0:
         return 0
     before = datetime.now(UTC) - timedelta(days=max(days, MIN_EVENT_RETENTION_DAYS))
-    deleted = 0
-    while True:
-        async with res.pool.acquire() as conn:
-            batch = int(
-                await queries.rollup_purge_old_events(conn, before=before, batch=EVENT_PURGE_BATCH)
-            )
-        deleted += batch
-        if batch < EVENT_PURGE_BATCH:
-            break
-    async with res.pool.acquire() as conn:  # the purge's own notes: those days are never re-rolled
+    async with res.pool.acquire() as conn:
+        deleted = int(await queries.events_drop_partitions_before(conn, before=before))
+        # The purge's own notes: those days are never re-rolled.
         await queries.rollup_forget_changes_before(conn, day=before.date())
     if deleted:
         logger.info("old events purged", extra={"deleted": deleted, "before": before.isoformat()})
     return deleted
+
+
+async def ensure_event_partitions(context: JobContext, timestamp: int | None = None) -> int:
+    """Create the day partitions of events from PARTITION_DAYS_BACK days ago to
+    PARTITION_DAYS_AHEAD days ahead that are missing; idempotent. Intake never depends on it (a
+    default partition takes any event no day holds), but an event in the default partition is
+    moved out only when its day is created, and it is read by every day's rollup."""
+    res = await resources_for(context)
+    today = datetime.now(UTC).date()
+    async with res.pool.acquire() as conn:
+        made = int(
+            await queries.events_ensure_partitions(
+                conn,
+                first_day=today - timedelta(days=PARTITION_DAYS_BACK),
+                last_day=today + timedelta(days=PARTITION_DAYS_AHEAD),
+            )
+        )
+    if made:
+        logger.info("event partitions created", extra={"created": made})
+    return made
 
 
 def register(app: App) -> None:
@@ -128,3 +147,11 @@ def register(app: App) -> None:
         retry=RetryStrategy(max_attempts=3, exponential_wait=10),
     )(purge_old_events)
     app.periodic(cron="45 3 * * *", periodic_id="nightly_event_retention")(events)
+    partitions = app.task(
+        name="ensure_event_partitions",
+        pass_context=True,
+        queue="maintenance",
+        queueing_lock="ensure_event_partitions",
+        retry=RetryStrategy(max_attempts=3, exponential_wait=10),
+    )(ensure_event_partitions)
+    app.periodic(cron="5 * * * *", periodic_id="hourly_event_partitions")(partitions)
