@@ -12,7 +12,7 @@
 --    refused for a missing partition. `events_ensure_partitions` (the `ensure_event_partitions`
 --    task, hourly) creates the days from 31 days back to 7 days ahead, moving any of their rows
 --    out of the default partition; `events_drop_partitions_before` (the `purge_old_events` task)
---    detaches and drops whole days for EVENT_RETENTION_DAYS.
+--    drops whole days for EVENT_RETENTION_DAYS.
 -- 3. Each partition has the indexes something reads, and no more (docs/scaling.md, "Indexes"):
 --    the primary key, now (ts, id); (rule_id, ts); (received_at). Gone: the BRIN index on ts
 --    (a day's rollup reads its whole partition), the UTC-day expression of
@@ -147,8 +147,11 @@ ANALYZE events;
 -- Creates the day partitions of `first_day` .. `last_day` that do not exist yet; returns how many.
 -- Rows of such a day already in the default partition move into it. A new partition is created
 -- as a table of its own and then attached, which locks `events` only in SHARE UPDATE EXCLUSIVE
--- mode (intake and readers go on); the default partition is locked for the move and the attach
--- (`lock_timeout` 5 s: the task fails and is retried rather than wait behind a long reader).
+-- mode (intake and readers go on; CREATE TABLE ... PARTITION OF would lock it exclusively), and
+-- `rules` and `users` in SHARE ROW EXCLUSIVE mode while it adds the foreign keys (writes to them
+-- wait, reads and intake's key checks do not); the default partition is locked for the move and
+-- the attach (`lock_timeout` 5 s: the task fails and is retried rather than wait behind a long
+-- reader).
 CREATE FUNCTION events_ensure_partitions(first_day date, last_day date) RETURNS integer
 LANGUAGE plpgsql
 AS $$
@@ -185,11 +188,13 @@ BEGIN
 END
 $$;
 
--- Retention: detaches and drops every day partition whose whole day is before `before`, and
--- deletes the default partition's rows older than it. Returns the number of events removed.
--- Detaching needs `events` in ACCESS EXCLUSIVE mode for a moment (a plain DETACH: CONCURRENTLY
--- is refused beside a default partition); `lock_timeout` 2 s bounds how long intake can wait
--- behind it, and the task is retried when a long reader held it off.
+-- Retention: drops every day partition whose whole day is before `before`, and deletes the
+-- default partition's rows older than it. Returns the number of events removed. Dropping a
+-- partition detaches it too, with `events` in ACCESS EXCLUSIVE mode for a moment (DETACH
+-- CONCURRENTLY is refused beside a default partition); a separate DETACH and DROP would also
+-- lock `rules` and `users` exclusively, to give the detached table's foreign keys triggers of
+-- their own and then drop them. `lock_timeout` 2 s bounds how long intake can wait behind it;
+-- the task is retried when a long reader held it off.
 CREATE FUNCTION events_drop_partitions_before(before timestamptz) RETURNS bigint
 LANGUAGE plpgsql
 AS $$
@@ -212,7 +217,6 @@ BEGIN
     END LOOP;
     PERFORM set_config('lock_timeout', '2s', true);
     FOREACH name IN ARRAY doomed LOOP
-        EXECUTE format('ALTER TABLE events DETACH PARTITION %I', name);
         EXECUTE format('DROP TABLE %I', name);
     END LOOP;
     DELETE FROM events_default WHERE ts < before;
