@@ -111,3 +111,13 @@ deleted AS (
     DELETE FROM event_idempotency_keys k USING doomed d WHERE k.ctid = d.ctid RETURNING 1
 )
 SELECT count(*)::int FROM deleted;
+
+-- name: events_state_sizes()^
+-- How much state intake keeps besides the events, for operators and the scale benchmark.
+SELECT (SELECT count(*) FROM event_idempotency_keys)::bigint AS idempotency_keys,
+       pg_total_relation_size('event_idempotency_keys') AS idempotency_keys_bytes,
+       (SELECT count(*) FROM rate_limit_buckets)::bigint AS rate_limit_buckets,
+       pg_total_relation_size('rate_limit_buckets') AS rate_limit_buckets_bytes,
+       (SELECT count(*) FROM events_default)::bigint AS default_partition_events,
+       (SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass)::int
+           AS partitions;
