@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test test-unit lint typecheck check rules bench bench-smoke migrate clean reset-data clients-types
+.PHONY: run demo test test-unit lint typecheck check rules bench bench-smoke bench-scale \
+	bench-scale-smoke migrate clean reset-data clients-types
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,15 @@ bench: $(STAMP)
 ## The same sections at toy sizes (about a minute): checks that the benchmark still runs.
 bench-smoke: $(STAMP)
 	BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_RULES=500 BENCH_ROLLUP_EVENTS=30000 $(BIN)/python -m bench
+
+## Cost against the size of history (under 20 minutes): 30 days / 30 M events vs an empty database.
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale
+
+## The same at toy sizes (about a minute): checks that the scale benchmark still runs.
+bench-scale-smoke: $(STAMP)
+	BENCH_SCALE_EVENTS=300000 BENCH_SCALE_SECONDS=2 BENCH_SCALE_ROUNDS=1 \
+	BENCH_SCALE_WARMUP_SECONDS=1 $(BIN)/python -m bench.scale
 
 ## After a change of the API: write the live /openapi.json to clients/openapi.json and
 ## regenerate the TypeScript client's types from it (needs Node 20+ and npm).

@@ -1,7 +1,8 @@
 -- wrk script: POST /ingest/events with batches shaped like the main API's.
 -- Mostly VIEWs from many client IPs, some events with idempotency keys, a few repeated keys.
 -- Environment: BENCH_TOKEN, BENCH_RULES (count of seeded rules), BENCH_BATCH (events per request),
--- BENCH_RUN (makes idempotency keys unique across runs).
+-- BENCH_RUN (makes idempotency keys unique across runs), BENCH_RANDOM_KEYS=1 (keys shaped like the
+-- clients' random UUIDs, which land anywhere in the key index, instead of run-thread-counter).
 dofile(os.getenv("BENCH_DIR") .. "/report.lua")
 
 local token = os.getenv("BENCH_TOKEN")
@@ -12,6 +13,8 @@ local counter = 0
 -- `thread_id` is a global set per thread by setup() (a local here would shadow it and give
 -- every thread the same stream); `run` makes idempotency keys unique across runs.
 local run = os.getenv("BENCH_RUN") or tostring(os.time())
+local random_keys = os.getenv("BENCH_RANDOM_KEYS") == "1"
+local recent = {}  -- with random keys: the last 500 keys sent, for redeliveries
 local threads = {}
 
 function setup(thread)
@@ -21,6 +24,26 @@ end
 
 function init(args)
    math.randomseed(os.time() + thread_id * 7919)
+end
+
+local function uuid()
+   return string.format("%08x-%04x-4%03x-%04x-%06x%06x", math.random(0, 0xffffffff),
+      math.random(0, 0xffff), math.random(0, 0xfff), math.random(0x8000, 0xbfff),
+      math.random(0, 0xffffff), math.random(0, 0xffffff))
+end
+
+local function new_key()
+   if not random_keys then return string.format("%s-t%d-%d", run, thread_id, counter) end
+   local key = uuid()
+   recent[counter % 500] = key
+   return key
+end
+
+local function old_key()
+   if not random_keys then
+      return string.format("%s-t%d-%d", run, thread_id, math.max(1, counter - math.random(1, 500)))
+   end
+   return recent[math.random(0, 499)] or new_key()
 end
 
 local function event(i)
@@ -33,10 +56,10 @@ local function event(i)
    local key = ""
    local roll = math.random()
    if roll < 0.10 then
-      key = string.format(',"idempotencyKey":"%s-t%d-%d"', run, thread_id, counter)
+      key = string.format(',"idempotencyKey":"%s"', new_key())
    elseif roll < 0.12 then
       -- a redelivery of an earlier key from this thread
-      key = string.format(',"idempotencyKey":"%s-t%d-%d"', run, thread_id, math.max(1, counter - math.random(1, 500)))
+      key = string.format(',"idempotencyKey":"%s"', old_key())
    end
    return string.format('{"type":"%s","ruleId":"rul_%d","ip":"%s"%s}', kind, r, ip, key)
 end

@@ -1,5 +1,6 @@
-"""Housekeeping: retry jobs whose worker died, purge old finished jobs and, when
-EVENT_RETENTION_DAYS is set, events older than the retention period."""
+"""Housekeeping: retry jobs whose worker died, purge old finished jobs, create the day
+partitions of `events` ahead of time and, when EVENT_RETENTION_DAYS is set, drop the days older
+than the retention period."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ logger = logging.getLogger("ingest.jobs.maintenance")
 
 FINISHED_JOBS_KEEP_HOURS = 72
 FAILED_JOBS_KEEP_HOURS = 7 * 24
-# Events are accepted up to 30 days old and idempotency keys live on the events, so retention
-# never goes below this, whatever EVENT_RETENTION_DAYS says (docs/rollups.md).
+# Events are accepted up to 30 days old, so retention never goes below this, whatever
+# EVENT_RETENTION_DAYS says: a day that can still receive events is never dropped (docs/rollups.md).
 MIN_EVENT_RETENTION_DAYS = 31
-EVENT_PURGE_BATCH = 10_000
+# Day partitions kept ready: back to the oldest day an accepted event can have (30 days, plus a
+# day for clocks), and a week ahead, so that a week without a worker still finds every day there.
+PARTITION_DAYS_BACK = 31
+PARTITION_DAYS_AHEAD = 7
 
 
 async def retry_stalled_jobs(context: JobContext, timestamp: int) -> int:
@@ -79,34 +83,51 @@ async def purge_old_jobs(context: JobContext, timestamp: int | None = None) -> N
 
 
 async def purge_old_events(context: JobContext, timestamp: int | None = None) -> int:
-    """Delete events older than EVENT_RETENTION_DAYS (0 keeps them forever), in batches.
+    """Drop the day partitions of events older than EVENT_RETENTION_DAYS (0 keeps them forever).
 
-    The daily metrics already hold their numbers; rollups refuse to re-roll days older than
-    the retention period, so purged events never turn into zeros."""
+    Whole days are detached and dropped, so nothing is left for vacuum; the default partition's
+    rows older than the horizon are deleted. The daily metrics already hold their numbers;
+    rollups refuse to re-roll days older than the retention period, so purged events never turn
+    into zeros."""
     res = await resources_for(context)
     days = res.settings.event_retention_days
     if days <= 0:
         return 0
     before = datetime.now(UTC) - timedelta(days=max(days, MIN_EVENT_RETENTION_DAYS))
-    deleted = 0
-    while True:
-        batch = await res.db.run("events.purge_old_batch", _purge_batch, before=before)
-        deleted += batch
-        if batch < EVENT_PURGE_BATCH:
-            break
-    # The purge's own notes: those days are never re-rolled.
-    await res.db.run("events.forget_purged_changes", _forget_changes, day=before.date())
+    deleted = await res.db.run("events.drop_partitions", _drop_partitions, before=before)
     if deleted:
         logger.info("old events purged", extra={"deleted": deleted, "before": before.isoformat()})
     return deleted
 
 
-async def _purge_batch(conn: asyncpg.Connection, *, before: datetime) -> int:
-    return int(await queries.rollup_purge_old_events(conn, before=before, batch=EVENT_PURGE_BATCH))
+async def _drop_partitions(conn: asyncpg.Connection, *, before: datetime) -> int:
+    """Drop the day partitions older than `before` and forget their notes (those days are never
+    re-rolled), in one transaction."""
+    deleted = int(await queries.events_drop_partitions_before(conn, before=before))
+    await queries.rollup_forget_changes_before(conn, day=before.date())
+    return deleted
 
 
-async def _forget_changes(conn: asyncpg.Connection, *, day: date) -> None:
-    await queries.rollup_forget_changes_before(conn, day=day)
+async def ensure_event_partitions(context: JobContext, timestamp: int | None = None) -> int:
+    """Create the day partitions of events from PARTITION_DAYS_BACK days ago to
+    PARTITION_DAYS_AHEAD days ahead that are missing; idempotent. Intake never depends on it (a
+    default partition takes any event no day holds), but an event in the default partition is
+    moved out only when its day is created, and it is read by every day's rollup."""
+    res = await resources_for(context)
+    today = datetime.now(UTC).date()
+    made = await res.db.run(
+        "events.ensure_partitions",
+        _ensure_partitions,
+        first_day=today - timedelta(days=PARTITION_DAYS_BACK),
+        last_day=today + timedelta(days=PARTITION_DAYS_AHEAD),
+    )
+    if made:
+        logger.info("event partitions created", extra={"created": made})
+    return made
+
+
+async def _ensure_partitions(conn: asyncpg.Connection, *, first_day: date, last_day: date) -> int:
+    return int(await queries.events_ensure_partitions(conn, first_day=first_day, last_day=last_day))
 
 
 def register(app: App) -> None:
@@ -134,3 +155,11 @@ def register(app: App) -> None:
         retry=RetryStrategy(max_attempts=3, exponential_wait=10),
     )(purge_old_events)
     app.periodic(cron="45 3 * * *", periodic_id="nightly_event_retention")(events)
+    partitions = app.task(
+        name="ensure_event_partitions",
+        pass_context=True,
+        queue="maintenance",
+        queueing_lock="ensure_event_partitions",
+        retry=RetryStrategy(max_attempts=3, exponential_wait=10),
+    )(ensure_event_partitions)
+    app.periodic(cron="5 * * * *", periodic_id="hourly_event_partitions")(partitions)

@@ -530,16 +530,6 @@ WHERE day = :day::date AND scope = 'GLOBAL' AND scope_key = '' AND rank <= :limi
 ORDER BY entity DESC, array_position(ARRAY['DAILY', 'WEEKLY', 'MONTHLY', 'ALL_TIME'], period),
          rank;
 
--- name: rollup_purge_old_events(before, batch)$
--- One batch of events older than the retention horizon; the task loops until none are left,
--- so no statement holds locks on many rows for long.
-WITH doomed AS (
-    SELECT id FROM events WHERE ts < :before::timestamptz LIMIT :batch::int
-),
-deleted AS (
-    DELETE FROM events e USING doomed d WHERE e.id = d.id RETURNING 1
-)
-SELECT count(*) FROM deleted;
 
 -- name: rollup_forget_changes_before(day)!
 -- Notes of updated or deleted facts of days older than the retention floor: the rollup never

@@ -1,11 +1,14 @@
-"""The bench's derived figures: ratios from the measured sections, CPU ratio only when seen."""
+"""The bench's derived figures: ratios from the measured sections, CPU ratio only when seen;
+the scale bench's ratios and extrapolation, and the history it generates (at toy size)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import pytest
 
+from bench import history, scale
 from bench.__main__ import derive, table
 
 
@@ -62,3 +65,118 @@ def test_client_rows_show_each_client_against_wrk_or_why_not() -> None:
     text = table(r)
     assert "21,000 events/s, **0.70 x** wrk (30,000)" in text
     assert "TypeScript client `track()` | not measured: node not found" in text
+
+
+def _scale_results() -> dict[str, Any]:
+    def intake(rate: float, cpu: float, p99: float) -> dict[str, Any]:
+        return {
+            "events_stored_per_s": rate,
+            "postgres_cpu_ms_per_request": cpu,
+            "service_cpu_ms_per_request": 2.0,
+            "p99_ms": p99,
+        }
+
+    def history_db(events: int, full: float, refresh: float) -> dict[str, Any]:
+        return {
+            "history": {"history_events": events},
+            "full_rollup_s": full,
+            "refresh_today_s": refresh,
+            "nightly_s": refresh * 2,
+            "rollup_cascade_s": 20.0,
+            "rollup_cascade_days": 31,
+            "rollup_noop_ms": 4.0,
+            "retention_day_ms": 150.0,
+            "retention_day_events": events // 30,
+            "events_bytes_before": 6e9,
+            "events_bytes_after": 5.8e9,
+            "dead_rows_before": 3,
+            "dead_rows_after": 3,
+            "key_purge_day_keys": events // 300,
+            "key_purge_day_s": 0.3,
+            "nightly_days": 3,
+            "state_after_intake": {
+                "idempotency_keys": events // 10,
+                "idempotency_keys_bytes": 4.7e8,
+                "rate_limit_buckets": 1,
+                "default_partition_events": 0,
+                "partitions": 40,
+            },
+        }
+
+    return {
+        "intake": {
+            "c64": {
+                "big": intake(18_000.0, 4.4, 0),
+                "medium": intake(19_000.0, 4.1, 0),
+                "empty": intake(20_000.0, 4.0, 0),
+            },
+            "c16": {"big": intake(0, 0, 150.0), "empty": intake(0, 0, 125.0)},
+        },
+        "databases": {
+            "big": history_db(30_000_000, 100.0, 6.0),
+            "medium": history_db(3_000_000, 37.0, 3.0),
+            "empty": {},
+        },
+        "load_average_at_start": 1.0,
+        "load_average_at_end": 2.0,
+    }
+
+
+def test_scale_ratios_and_the_linear_extrapolation() -> None:
+    r = _scale_results()
+    scale.derive(r)
+    assert r["intake_big_vs_empty"] == pytest.approx(0.9)
+    assert r["postgres_cpu_empty_vs_big"] == pytest.approx(4.0 / 4.4)
+    assert r["p99_big_vs_empty"] == pytest.approx(1.2)
+    full = r["extrapolation"]["full_rollup_s"]
+    # 37 s at 3 M and 100 s at 30 M: 2.333 s per M events on top of 30 s; at 300 M, 730 s.
+    assert full["per_million_events"] == pytest.approx(2.3333, abs=1e-3)
+    assert full["fixed"] == pytest.approx(30.0)
+    assert full["ten_x_big"] == pytest.approx(730.0)
+    text = scale.table(r)
+    assert "**0.90 x** (target >= 0.9)" in text
+    assert "**1.20 x** (target <= 1.2)" in text
+    assert "**100.0 s** (target < 30)" in text
+    assert "full 30-day rollup, s | 730.0 (medium 37.0, big 100.0; +2.3333 per M events)" in text
+
+
+def test_scale_without_a_medium_database_has_no_extrapolation() -> None:
+    r = _scale_results()
+    del r["databases"]["medium"]
+    del r["intake"]["c64"]["medium"]
+    scale.derive(r)
+    assert "extrapolation" not in r
+    assert "10 x big" not in scale.table(r)
+
+
+async def test_generated_history_has_the_partitions_shape_and_the_intake_state(
+    db_url: str,
+) -> None:
+    """bench.history at toy size: every event in its day's partition, each partition with the
+    migration's three indexes and two foreign keys (attached, none built twice), the keys of
+    the keyed events in their table, an audit row per 100 events."""
+    figures = await history.generate(db_url, events=3_000)
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM events") == figures["history_events"]
+        assert await conn.fetchval("SELECT count(*) FROM events_default") == 0
+        shapes = await conn.fetch(
+            "SELECT c.relname, (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) AS idx,"
+            " (SELECT count(*) FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'f')"
+            " AS fks, (SELECT count(*) FROM pg_constraint k WHERE k.conrelid = c.oid"
+            " AND k.contype = 'c') AS checks "
+            "FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid "
+            "WHERE h.inhparent = 'events'::regclass"
+        )
+        assert {(r["idx"], r["fks"], r["checks"]) for r in shapes} == {(3, 2, 1)}
+        keyed = await conn.fetchval("SELECT count(*) FROM events WHERE idempotency_key IS NOT NULL")
+        assert keyed > 0
+        assert await conn.fetchval("SELECT count(*) FROM event_idempotency_keys") == keyed
+        audit = await conn.fetchval("SELECT count(*) FROM audit_log")
+        assert audit == figures["history_events"] // 100
+        next_id = await conn.fetchval(
+            "INSERT INTO events (type, rule_id, ts) VALUES ('VOTE', 'rul_1', now()) RETURNING id"
+        )
+        assert next_id == figures["history_events"] + 1
+    finally:
+        await conn.close()
