@@ -18,6 +18,7 @@ from procrastinate import App, PsycopgConnector
 from app.errors import ConfigurationError
 from app.local_service import resolve_database_url
 from app.settings import Settings
+from jobs.resources import RetryBesideAWaitingJob
 
 
 def create_app(conninfo: str) -> App:
@@ -26,6 +27,9 @@ def create_app(conninfo: str) -> App:
 
 
 def _with_tasks(app: App) -> App:
+    """Every task of this package registered on `app`, whose retries keep their queueing locks
+    (`RetryBesideAWaitingJob`)."""
+    app.job_manager = RetryBesideAWaitingJob(app.connector)
     for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         register = getattr(importlib.import_module(f"{__name__}.{module.name}"), "register", None)
         if register is not None:

@@ -4,16 +4,15 @@ than the retention period."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
-from procrastinate import App, JobContext, RetryStrategy, exceptions
-from procrastinate.jobs import Job, Status
+from procrastinate import App, JobContext, RetryStrategy
+from procrastinate.jobs import Job
 
 from app.sql import queries
-from jobs.resources import resources_for
+from jobs.resources import RetryBesideAWaitingJob, resources_for
 
 logger = logging.getLogger("ingest.jobs.maintenance")
 
@@ -48,28 +47,12 @@ async def _retry_stalled(app: App, job: Job) -> None:
     rollup backfill queues a rollup every 10 minutes). Putting this one back then violates the
     queueing lock, and the waiting job can never start while this one, `doing` forever, holds
     their shared `lock`: both would be stuck. So the copy is queued under a queueing lock of its
-    own (still one per stalled job), then this one is closed as failed, which frees the lock.
+    own (still one per stalled job), then this one is closed as failed, which frees the lock
+    (`RetryBesideAWaitingJob`, which does the same for a failed job's retry).
     """
     manager = app.job_manager
-    try:
-        await manager.retry_job(job)
-    except exceptions.UniqueViolation:
-        copy = app.configure_task(
-            job.task_name,
-            lock=job.lock,
-            queueing_lock=f"{job.queueing_lock}:stalled:{job.id}",
-            queue=job.queue,
-            priority=job.priority,
-        )
-        # AlreadyEnqueued: an earlier round queued the copy but could not close the job.
-        with contextlib.suppress(exceptions.AlreadyEnqueued):
-            await copy.defer_async(**job.task_kwargs)
-        await manager.finish_job(job, status=Status.FAILED, delete_job=False)
-        logger.warning(
-            "stalled job replaced by a copy: its queueing lock is taken",
-            extra={"job_id": job.id, "task": job.task_name},
-        )
-        return
+    assert isinstance(manager, RetryBesideAWaitingJob)  # jobs.create_app installs it
+    await manager.retry_job(job, why="stalled")
     logger.warning("retrying stalled job", extra={"job_id": job.id, "task": job.task_name})
 
 

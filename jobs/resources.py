@@ -8,9 +8,13 @@ beside a running local service, from its database).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from datetime import datetime
 
-from procrastinate import JobContext, RetryStrategy
-from procrastinate.jobs import Job
+from procrastinate import JobContext, RetryStrategy, exceptions
+from procrastinate.jobs import Job, Status
+from procrastinate.manager import JobManager
 from procrastinate.retry import RetryDecision
 
 from app.errors import IngestError
@@ -37,6 +41,8 @@ def job_actor(context: JobContext, task_name: str) -> str:
     return f"job:{task_name}:{job_id}" if job_id is not None else f"job:{task_name}"
 
 
+logger = logging.getLogger("ingest.jobs")
+
 _LOCK = asyncio.Lock()
 
 
@@ -52,3 +58,66 @@ async def resources_for(context: JobContext) -> Resources:
             settings, _ = operator_settings(Settings())
             holder["resources"] = await open_worker_resources(settings, jobs=context.app)
         return holder["resources"]
+
+
+class RetryBesideAWaitingJob(JobManager):
+    """Procrastinate's job manager, except for a retry that meets its own queueing lock.
+
+    A job with a queueing lock (the refresh, the nightly rollup, reconciliation) may see
+    another job with that lock queued while it runs (its next periodic run). When it then
+    fails, putting it back to `todo` violates the lock: Procrastinate's retry raises, and the
+    job stays `doing` under a live worker, where `retry_stalled_jobs` never looks. Instead, the
+    retry is queued as a copy under a queueing lock of its own (one per failed job, as
+    jobs/maintenance.py does for a stalled job), and the job is closed as failed."""
+
+    async def retry_job(
+        self,
+        job: Job,
+        retry_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        lock: str | None = None,
+        *,
+        why: str = "retry",
+    ) -> None:
+        """`why` names the copy's queueing lock (`<lock>:<why>:<job id>`): `retry` after a
+        failure, `stalled` for a job whose worker died (jobs/maintenance.py)."""
+        try:
+            await super().retry_job(
+                job, retry_at=retry_at, priority=priority, queue=queue, lock=lock
+            )
+        except exceptions.UniqueViolation:
+            if job.queueing_lock is None:
+                raise
+            await self._retry_as_a_copy(
+                job, why=why, retry_at=retry_at, priority=priority, queue=queue, lock=lock
+            )
+
+    async def _retry_as_a_copy(
+        self,
+        job: Job,
+        *,
+        why: str,
+        retry_at: datetime | None,
+        priority: int | None,
+        queue: str | None,
+        lock: str | None,
+    ) -> None:
+        copy = job.evolve(
+            id=None,
+            status=None,
+            attempts=0,
+            scheduled_at=retry_at,
+            priority=job.priority if priority is None else priority,
+            queue=queue or job.queue,
+            lock=lock or job.lock,
+            queueing_lock=f"{job.queueing_lock}:{why}:{job.id}",
+        )
+        # AlreadyEnqueued: an earlier round queued the copy but could not close the job.
+        with contextlib.suppress(exceptions.AlreadyEnqueued):
+            await self.defer_job_async(copy)
+        await self.finish_job(job, status=Status.FAILED, delete_job=False)
+        logger.warning(
+            f"{why}: job replaced by a copy, a job with its queueing lock is already waiting",
+            extra={"job_id": job.id, "task": job.task_name, "queueing_lock": job.queueing_lock},
+        )

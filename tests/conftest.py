@@ -282,20 +282,34 @@ async def proc_app(db_url: str) -> AsyncIterator[Any]:
 
 
 async def drain_queue(
-    proc_app: Any, pool: asyncpg.Pool, settings: Settings, *, queues: list[str] | None = None
+    proc_app: Any,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    *,
+    queues: list[str] | None = None,
+    periodic: bool = True,
 ) -> None:
     """Run every job due now to completion (a worker with wait=False), then return; jobs
-    scheduled for later stay queued."""
+    scheduled for later stay queued. A worker also defers the periodic tasks due in the current
+    minute; `periodic=False` runs it without them (for a test whose job must not meet its own
+    task's next periodic run)."""
     from app.resources import Resources
 
     resources = Resources.build(settings, pool=pool, jobs=proc_app)
-    await proc_app.run_worker_async(
-        wait=False,
-        install_signal_handlers=False,
-        listen_notify=False,
-        additional_context={"resources": resources},
-        **({"queues": queues} if queues else {}),
-    )
+    registry = proc_app.periodic_registry
+    scheduled = registry.periodic_tasks
+    if not periodic:
+        registry.periodic_tasks = {}
+    try:
+        await proc_app.run_worker_async(
+            wait=False,
+            install_signal_handlers=False,
+            listen_notify=False,
+            additional_context={"resources": resources},
+            **({"queues": queues} if queues else {}),
+        )
+    finally:
+        registry.periodic_tasks = scheduled
 
 
 @pytest.fixture

@@ -36,3 +36,28 @@ async def test_a_job_deferred_by_name_runs_against_the_database(
     status = await pool.fetchval("SELECT status FROM procrastinate_jobs WHERE id = $1", job_id)
     assert status == "succeeded"
     assert await pool.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE id = $1", old_id) == 0
+
+
+async def test_a_failed_job_whose_queueing_lock_was_taken_meanwhile_is_retried_as_a_copy(
+    proc_app: Any, pool: asyncpg.Pool
+) -> None:
+    """A job with a queueing lock fails after the next job with that lock was queued (its next
+    periodic run): Procrastinate's own retry would violate the lock and leave the job `doing`
+    under a live worker. It is closed as failed and its retry queued as a copy instead."""
+    manager = proc_app.job_manager
+    await proc_app.configure_task("notify_authors", queueing_lock="notify_authors").defer_async()
+    worker_id = await manager.register_worker()
+    running = await manager.fetch_job(queues=None, worker_id=worker_id)
+    assert running is not None and running.queueing_lock == "notify_authors"
+    await proc_app.configure_task("notify_authors", queueing_lock="notify_authors").defer_async()
+
+    await manager.retry_job(running)
+
+    rows = await pool.fetch(
+        "SELECT id, status::text AS status, queueing_lock FROM procrastinate_jobs ORDER BY id"
+    )
+    assert [(r["status"], r["queueing_lock"]) for r in rows] == [
+        ("failed", "notify_authors"),
+        ("todo", "notify_authors"),
+        ("todo", f"notify_authors:retry:{running.id}"),
+    ]
