@@ -46,10 +46,10 @@ FROM (
     FROM generate_series(0, $7::int - 1) g
 ) s
 """
-# What migration 0014 gives every partition, so that ATTACH finds it all in place.
+# What migrations 0014 and 0015 give every partition, so that ATTACH finds it all in place.
 PARTITION_SHAPE = (
     "ALTER TABLE {table} ADD PRIMARY KEY (ts, id)",
-    "CREATE INDEX ON {table} (rule_id, ts)",
+    "CREATE INDEX ON {table} (rule_id, type, ip_hash, ts)",
     "CREATE INDEX ON {table} (received_at)",
     "ALTER TABLE {table} "
     "ADD FOREIGN KEY (rule_id) REFERENCES rules (id) ON DELETE CASCADE, "

@@ -97,7 +97,7 @@ async def test_conversion_keeps_every_row_once(empty_db_url: str, tmp_path: Path
         assert len(rows) == 3002
 
         report = await migrate(conn)
-        assert report.applied == [CONVERSION]
+        assert report.applied[0] == CONVERSION  # and any migration after it
 
         assert (
             await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'events'")
