@@ -100,6 +100,22 @@ SELECT events_ensure_partitions(:first_day::date, :last_day::date);
 -- partition's rows older than it deleted; returns the number of events removed (migrations/0014).
 SELECT events_drop_partitions_before(:before::timestamptz);
 
+-- name: events_closed_days_to_vacuum(first_day, before_day)
+-- The day partitions of `first_day` .. the day before `before_day` (days that have ended) with
+-- rows written since their last vacuum, or pages not yet marked all-visible: the rollup's day
+-- count reads a day by an index-only scan, which visits the table for every row on such a page
+-- (migrations/0015). Oldest day first.
+SELECT c.relname AS partition
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE i.inhparent = 'events'::regclass
+  AND c.relname ~ '^events_[0-9]{8}$'
+  AND to_date(substr(c.relname, 8), 'YYYYMMDD') >= :first_day::date
+  AND to_date(substr(c.relname, 8), 'YYYYMMDD') < :before_day::date
+  AND (s.n_ins_since_vacuum > 0 OR s.n_dead_tup > 0 OR c.relallvisible < c.relpages)
+ORDER BY c.relname;
+
 -- name: events_purge_idempotency_keys(before, batch)$
 -- One batch of idempotency keys whose event is older than `before`: no copy of such an event
 -- is accepted any more (ts_too_old), so the key can decide nothing. The task loops until a batch

@@ -17,6 +17,7 @@ import httpx
 from app.client_ip import IpHasher
 from app.events import MAX_AGE, MAX_FUTURE, EventIngestReport, ingest_batch, prepare_batch
 from app.migrate import MIGRATIONS_DIR, migrate
+from app.sql import queries
 from tests.conftest import APP_HEADERS, drain_queue, make_settings
 from tests.factories import create_rule, create_user
 
@@ -231,6 +232,73 @@ async def test_retention_drops_whole_days_and_old_rows_of_the_default(
     gone = name_of(today - timedelta(days=45))
     assert await pool.fetchval("SELECT to_regclass($1)", gone) is None
     assert await pool.fetchval("SELECT count(*) FROM events_default") == 0
+
+
+async def test_days_that_ended_are_vacuumed_so_that_their_count_reads_the_index_alone(
+    pool: asyncpg.Pool,
+    proc_app: Any,
+    run_jobs: Callable[[], Awaitable[None]],
+) -> None:
+    """Views written yesterday and today: the hourly task vacuums yesterday's partition (every
+    page all-visible: the day's count is an index-only scan without a heap fetch), not today's,
+    and has nothing left to do on a second run."""
+    rule = await create_rule(pool)
+    today = datetime.now(UTC).date()
+    yesterday = name_of(today - timedelta(days=1))
+    async with pool.acquire() as conn:
+        for day, n in ((today - timedelta(days=1), 3000), (today, 50)):
+            await conn.execute(
+                "INSERT INTO events (type, rule_id, ip_hash, ts) "
+                "SELECT 'VIEW', $1, md5((g % 97)::text), $2::timestamptz + g * interval '1 second' "
+                "FROM generate_series(1, $3::int) g",
+                rule,
+                midnight(day),
+                n,
+            )
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    await pool.execute("SELECT 1")  # the inserting session is idle: its statistics are in
+    await asyncio.sleep(0.1)
+    assert yesterday in await _vacuum_candidates(pool, today)
+
+    await proc_app.configure_task("vacuum_closed_event_days").defer_async()
+    await run_jobs()
+
+    assert await _vacuum_candidates(pool, today) == []
+    pages, visible = await pool.fetchrow(
+        "SELECT relpages, relallvisible FROM pg_class WHERE relname = $1", yesterday
+    )
+    assert pages > 0 and visible == pages
+    today_vacuumed = await pool.fetchval(
+        "SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = $1", name_of(today)
+    )
+    assert today_vacuumed is None
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
+            "SET LOCAL enable_sort = off"  # a small table: show the plan of a large one
+        )
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN (ANALYZE, COSTS OFF) SELECT * FROM rollup_rule_counts_of_day($1, 5)",
+                today - timedelta(days=1),
+            )
+        )
+    assert "Index Only Scan" in plan and "Heap Fetches: 0" in plan, plan
+    assert (
+        await pool.fetchval(
+            "SELECT views FROM rollup_rule_counts_of_day($1, 5)", today - timedelta(days=1)
+        )
+        == 97 * 5
+    )  # 97 clients, each in more than five 10-minute slots: capped
+
+
+async def _vacuum_candidates(pool: asyncpg.Pool, today: date) -> list[str]:
+    async with pool.acquire() as conn:
+        rows = queries.events_closed_days_to_vacuum(
+            conn, first_day=today - timedelta(days=31), before_day=today
+        )
+        return [r["partition"] async for r in rows]
 
 
 async def _ingest(conn: asyncpg.Connection, events: list[dict[str, Any]]) -> EventIngestReport:
