@@ -128,19 +128,22 @@ class RunSteps:
         return sorted([*self.plan.days, *self.refreshed])
 
     async def stage(self, conn: asyncpg.Connection, *, day: date) -> None:
-        await queries.rollup_set_work_mem(conn, work_mem=self.config.work_mem)
         if self.events_db is None:
+            await queries.rollup_count_settings(conn, work_mem=self.config.work_mem)
             await stage_day(conn, run_id=self.run_id, day=day, events_conn=None)
             return
 
+        await queries.rollup_set_work_mem(conn, work_mem=self.config.work_mem)
+
         async def read_on_replica(replica: asyncpg.Connection) -> None:
-            await queries.rollup_set_work_mem(replica, work_mem=self.config.work_mem)
+            await queries.rollup_count_settings(replica, work_mem=self.config.work_mem)
             await stage_day(conn, run_id=self.run_id, day=day, events_conn=replica)
 
         await self.events_db.run(REPLICA_READ, read_on_replica)
 
     async def find_cascade(self, conn: asyncpg.Connection) -> None:
         """Fresh statistics for the stage, then the days that follow a changed one."""
+        await queries.rollup_set_work_mem(conn, work_mem=self.config.work_mem)
         await queries.rollup_analyze_stage(conn)
         changed = await changed_days(conn, run_id=self.run_id, days=self.plan.days)
         if changed:

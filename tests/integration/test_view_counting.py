@@ -106,3 +106,74 @@ async def test_a_late_view_days_before_the_latest_one_counts(
     assert report.days == [earlier] and report.reasons[earlier.isoformat()] == ["never_rolled"]
     assert report.refreshed_days == [latest]  # its trending and boards read the earlier day
     assert await counted(pool, rule) == {earlier: 1, latest: 1}
+
+
+def slots_model(
+    events: list[tuple[str, str, str | None, datetime]], cap: int
+) -> dict[str, list[int]]:
+    """The count as docs/rollups.md states it: per (rule, client), the 10-minute slots with a
+    VIEW, at most `cap`; every other event, and a VIEW without a client, once."""
+    types = ["VIEW", "COPY", "SAVE", "FORK", "VOTE"]
+    slots: dict[tuple[str, str], set[datetime]] = {}
+    out: dict[str, list[int]] = {}
+    for rule, kind, ip_hash, ts in events:
+        row = out.setdefault(rule, [0] * len(types))
+        if kind == "VIEW" and ip_hash is not None:
+            slots.setdefault((rule, ip_hash), set()).add(
+                ts.replace(minute=ts.minute // 10 * 10, second=0, microsecond=0)
+            )
+        else:
+            row[types.index(kind)] += 1
+    for (rule, _), seen in slots.items():
+        out[rule][0] += min(len(seen), cap)
+    return out
+
+
+async def test_the_day_count_matches_its_definition_for_every_shape_of_a_clients_views(
+    pool: asyncpg.Pool,
+) -> None:
+    """Clients with one view, several in one slot, two in two slots, many over a few slots
+    (the count reads those again), views without a client, other types: the SQL count equals
+    the definition for several caps, whether the planner groups in the index's order (as the
+    rollup has it) or hashes."""
+    rng = random.Random(17)
+    day = utc_today() - timedelta(days=3)
+    rules = [await create_rule(pool) for _ in range(3)]
+    clients: list[str | None] = [f"{n:032x}" for n in range(8)] + [None]
+    events = []
+    for _ in range(600):
+        minute = rng.choice([0, 1, 9, 10, 11, 59, 60, 61, 600, 1439])
+        ts = datetime.combine(day, time(), tzinfo=UTC) + timedelta(
+            minutes=minute, seconds=rng.randrange(60), microseconds=rng.randrange(1_000_000)
+        )
+        kind = "VIEW" if rng.random() < 0.8 else rng.choice(["COPY", "SAVE", "FORK", "VOTE"])
+        events.append((rng.choice(rules), kind, rng.choice(clients), ts))
+    # A client with exactly two views in one slot, and one with two in two slots.
+    base = datetime.combine(day, time(15), tzinfo=UTC)
+    events += [
+        (rules[0], "VIEW", "f" * 32, base),
+        (rules[0], "VIEW", "f" * 32, base + timedelta(minutes=9)),
+    ]
+    events += [
+        (rules[1], "VIEW", "e" * 32, base),
+        (rules[1], "VIEW", "e" * 32, base + timedelta(minutes=10)),
+    ]
+    # And a late event the day after, which is not this day's.
+    events_next = [
+        (rules[0], "VIEW", "f" * 32, datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC))
+    ]
+    await pool.executemany(
+        "INSERT INTO events (rule_id, type, ip_hash, ts) VALUES ($1, $2, $3, $4)",
+        events + events_next,
+    )
+    for cap in (1, 2, 5):
+        expected = slots_model(events, cap)
+        for hashagg in ("off", "on"):
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL enable_hashagg = {hashagg}")
+                rows = await conn.fetch("SELECT * FROM rollup_rule_counts_of_day($1, $2)", day, cap)
+            got = {
+                r["rule_id"]: [r["views"], r["copies"], r["saves"], r["forks"], r["votes"]]
+                for r in rows
+            }
+            assert got == expected, (cap, hashagg)
