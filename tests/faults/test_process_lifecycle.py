@@ -101,6 +101,26 @@ def test_local_mode_starts_embedded_postgres_and_stops_it_on_sigterm(cluster_tmp
     assert not (pgdata / "postmaster.pid").exists()
 
 
+@pytest.mark.slow
+async def test_an_embedded_cluster_starts_with_the_settings_it_is_given(cluster_tmp: Path) -> None:
+    # The scale benchmark's server (bench/harness.py) sizes its buffer cache this way.
+    from app.local import EmbeddedCluster
+
+    settings = {"shared_buffers": "48MB", "cluster_name": "ingest bench's server"}
+    cluster = EmbeddedCluster.in_data_dir(cluster_tmp / "data", settings=settings)
+    try:
+        url = await asyncio.to_thread(cluster.start)
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SHOW shared_buffers") == "48MB"
+            assert await conn.fetchval("SHOW cluster_name") == "ingest bench's server"
+        finally:
+            await conn.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+    assert cluster.running() is None
+
+
 async def _waiters(conn: Any) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
 
