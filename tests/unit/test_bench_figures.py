@@ -32,6 +32,12 @@ def _results(*, backends_visible: bool) -> dict[str, Any]:
         "webhook_deliveries_per_s": 400.0,
         "crawl_items_per_s": 8_000.0,
         "rss_mb_per_worker": 88.0,
+        "postgres": {
+            "server_version": "18.6 (a build)",
+            "shared_buffers": "2GB",
+            "max_wal_size": "8GB",
+            "checkpoint_timeout": "5min",
+        },
         "load_average_at_start": 1.0,
         "load_average_at_end": 2.0,
     }
@@ -68,8 +74,9 @@ def test_client_rows_show_each_client_against_wrk_or_why_not() -> None:
 
 
 def _scale_results() -> dict[str, Any]:
-    def intake(rate: float, cpu: float, p99: float) -> dict[str, Any]:
+    def intake(rate: float, cpu: float, p99: float, blocks: float = 0.0) -> dict[str, Any]:
         return {
+            "blocks_read_per_request": blocks,
             "events_stored_per_s": rate,
             "postgres_cpu_ms_per_request": cpu,
             "service_cpu_ms_per_request": 2.0,
@@ -106,9 +113,9 @@ def _scale_results() -> dict[str, Any]:
     return {
         "intake": {
             "c64": {
-                "big": intake(18_000.0, 4.4, 0),
+                "big": intake(18_000.0, 4.4, 0, blocks=2.5),
                 "medium": intake(19_000.0, 4.1, 0),
-                "empty": intake(20_000.0, 4.0, 0),
+                "empty": intake(20_000.0, 4.0, 0, blocks=0.25),
             },
             "c16": {"big": intake(0, 0, 150.0), "empty": intake(0, 0, 125.0)},
         },
@@ -116,6 +123,12 @@ def _scale_results() -> dict[str, Any]:
             "big": history_db(30_000_000, 100.0, 6.0),
             "medium": history_db(3_000_000, 37.0, 3.0),
             "empty": {},
+        },
+        "postgres": {
+            "server_version": "18.6 (a build)",
+            "shared_buffers": "2GB",
+            "max_wal_size": "8GB",
+            "checkpoint_timeout": "5min",
         },
         "load_average_at_start": 1.0,
         "load_average_at_end": 2.0,
@@ -137,6 +150,8 @@ def test_scale_ratios_and_the_linear_extrapolation() -> None:
     assert "**0.90 x** (target >= 0.9)" in text
     assert "**1.20 x** (target <= 1.2)" in text
     assert "**100.0 s** (target < 30)" in text
+    assert "| server | PostgreSQL 18.6, shared_buffers 2GB, max_wal_size 8GB," in text
+    assert "per batch, 64 connections: big / empty | 2.5 / 0.2 |" in text
     assert "full 30-day rollup, s | 730.0 (medium 37.0, big 100.0; +2.3333 per M events)" in text
 
 
@@ -180,3 +195,23 @@ async def test_generated_history_has_the_partitions_shape_and_the_intake_state(
         assert next_id == figures["history_events"] + 1
     finally:
         await conn.close()
+
+
+def test_scale_rounds_combine_blocks_read_per_request() -> None:
+    def round_(requests: int, blocks: int, p99: float) -> dict[str, Any]:
+        return {
+            "duration_s": 10.0,
+            "requests": requests,
+            "blocks_read": blocks,
+            "events_stored_per_s": requests * 10.0,
+            "service_cpu_ms_per_request": 1.0,
+            "postgres_cpu_ms_per_request": 2.0,
+            "p99_ms": p99,
+        }
+
+    combined = scale._combine(
+        [round_(300, 900, 80.0), round_(100, 100, 95.0), round_(100, 0, 70.0)]
+    )
+    assert combined["blocks_read_per_request"] == pytest.approx(1000 / 500)
+    assert combined["p99_ms"] == 80.0
+    assert combined["rounds"] == 3
