@@ -107,6 +107,7 @@ async def test_an_embedded_cluster_starts_with_the_settings_it_is_given(cluster_
     from app.local import EmbeddedCluster
 
     settings = {"shared_buffers": "48MB", "cluster_name": "ingest bench's server"}
+    (cluster_tmp / "data").mkdir()  # as `ingest run` makes its data folder first
     cluster = EmbeddedCluster.in_data_dir(cluster_tmp / "data", settings=settings)
     try:
         url = await asyncio.to_thread(cluster.start)
