@@ -58,7 +58,7 @@ POOL = int(os.environ.get("BENCH_POOL_SIZE", "8"))
 # The embedded server is configured for the load (docs/scaling.md, "Server settings for the
 # working set"): a buffer cache that holds intake's working set, where PostgreSQL's default of
 # 128MB does not, and room for the WAL of a few minutes of intake between checkpoints, where the
-# default 1GB forces one every 20-30 s. A server given by BENCH_DATABASE_URL keeps its own
+# default 1GB forces one every 15-30 s. A server given by BENCH_DATABASE_URL keeps its own
 # configuration; the results say what it had.
 SERVER_SETTINGS = {
     "shared_buffers": os.environ.get("BENCH_SCALE_SHARED_BUFFERS", "2GB"),
