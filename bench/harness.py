@@ -58,13 +58,22 @@ def query_value(url: str, sql: str, *args: Any) -> Any:
     return asyncio.run(fetch())
 
 
+def given_server_url(variables: tuple[str, ...]) -> str | None:
+    """The first of these environment variables that is set and not empty."""
+    return next((os.environ[v] for v in variables if os.environ.get(v)), None)
+
+
 @contextmanager
-def postgres_server(settings: dict[str, str] | None = None) -> Iterator[str]:
-    """An admin URL: BENCH_DATABASE_URL / DATABASE_URL, else an embedded PostgreSQL (the
+def postgres_server(
+    settings: dict[str, str] | None = None,
+    *,
+    url_variables: tuple[str, ...] = ("BENCH_DATABASE_URL", "DATABASE_URL"),
+) -> Iterator[str]:
+    """An admin URL: the first of `url_variables` set, else an embedded PostgreSQL (the
     cluster of local mode, `app.local`) in a temporary folder, started with `settings` and
     deleted afterwards. A server given by URL runs as it is configured (`server_settings`
     reports what it has)."""
-    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    url = given_server_url(url_variables)
     if url:
         yield url
         return

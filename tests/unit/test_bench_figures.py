@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bench import history, scale
+from bench import harness, history, scale
 from bench.__main__ import derive, table
 
 
@@ -215,3 +215,22 @@ def test_scale_rounds_combine_blocks_read_per_request() -> None:
     assert combined["blocks_read_per_request"] == pytest.approx(1000 / 500)
     assert combined["p99_ms"] == 80.0
     assert combined["rounds"] == 3
+
+
+def test_the_scale_benchmark_takes_only_a_server_named_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DATABASE_URL is the service's database (often local mode's cluster, at the defaults):
+    # `make bench` may use it, the scale run (11 GB of databases) only BENCH_DATABASE_URL.
+    monkeypatch.delenv("BENCH_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://service@127.0.0.1/ingest")
+    assert harness.given_server_url(scale.SERVER_URL_VARIABLES) is None
+    assert harness.given_server_url(("BENCH_DATABASE_URL", "DATABASE_URL")) == (
+        "postgresql://service@127.0.0.1/ingest"
+    )
+    monkeypatch.setenv("BENCH_DATABASE_URL", "")
+    assert harness.given_server_url(scale.SERVER_URL_VARIABLES) is None
+    monkeypatch.setenv("BENCH_DATABASE_URL", "postgresql://bench@127.0.0.1/postgres")
+    assert harness.given_server_url(scale.SERVER_URL_VARIABLES) == (
+        "postgresql://bench@127.0.0.1/postgres"
+    )
